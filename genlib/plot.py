@@ -1,0 +1,130 @@
+"""Figures every chapter draws: image grids, training curves, latent scatters.
+
+Each function returns the ``matplotlib`` figure, so a notebook shows it and a
+script can save it (``fig.savefig("grid.png")``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_displayable(images, value_range=None) -> np.ndarray:
+    x = np.asarray(images)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"expected images (N, H, W), (N, H, W, 1) or (N, H, W, 3), got shape {x.shape}.")
+    if np.issubdtype(x.dtype, np.integer) and value_range is None:
+        value_range = (0, 255) if x.max() > 1 else (0, 1)
+    x = x.astype("float32")
+    if value_range is None:
+        value_range = (-1.0, 1.0) if x.min() < 0 else (0.0, 1.0)
+    low, high = value_range
+    return np.clip((x - low) / (high - low), 0.0, 1.0)
+
+
+def image_grid(images, ncols: int | None = None, titles=None, value_range=None,
+               cell_size: float = 1.0, suptitle: str | None = None, row_labels=None):
+    """Show images in a grid.
+
+    Args:
+        images: (N, H, W), (N, H, W, 1) or (N, H, W, 3); uint8 or floats.
+        ncols: images per row (default: about square).
+        titles: optional list of N short strings, one above each image.
+        value_range: the images' range, e.g. (0, 1), (-1, 1), (0, 255) or (0, levels - 1);
+            inferred when None (negative values mean [-1, 1]).
+        cell_size: inches per image.
+        suptitle: a title over the whole grid.
+        row_labels: optional labels written left of each row.
+    """
+    import matplotlib.pyplot as plt
+
+    x = _as_displayable(images, value_range)
+    n = len(x)
+    if n == 0:
+        raise ValueError("no images to show.")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"{n} images but {len(titles)} titles.")
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell_size, nrows * cell_size * (1.25 if titles else 1)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if i < n:
+            img = x[i]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            if titles is not None:
+                ax.set_title(str(titles[i]), fontsize=8)
+    if row_labels is not None:
+        for r, label in enumerate(row_labels[:nrows]):
+            axes[r, 0].set_ylabel(str(label), rotation=0, ha="right", va="center", fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout(pad=0.2)
+    return fig
+
+
+def training_curves(history, keys=None, title: str | None = None, logy: bool = False):
+    """Plot metrics from a Keras ``History`` (or its ``.history`` dict), one panel per metric.
+
+    ``val_`` curves are drawn in the same panel as their training curve.
+    """
+    import matplotlib.pyplot as plt
+
+    hist = getattr(history, "history", history)
+    if not isinstance(hist, dict) or not hist:
+        raise ValueError("expected a keras History or a non-empty dict of metric lists.")
+    keys = keys or [k for k in hist if not k.startswith("val_")]
+    missing = [k for k in keys if k not in hist]
+    if missing:
+        raise ValueError(f"metrics {missing} not in the history; it has {sorted(hist)}.")
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        epochs = np.arange(1, len(hist[key]) + 1)
+        ax.plot(epochs, hist[key], marker="o", ms=3, label="train")
+        if f"val_{key}" in hist:
+            ax.plot(epochs, hist[f"val_{key}"], marker="o", ms=3, label="validation")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def latent_scatter(z, labels=None, class_names=None, title: str | None = None, max_points: int = 5000):
+    """Scatter 2-D codes ``z`` (N, 2), coloured by integer ``labels`` with a legend of ``class_names``."""
+    import matplotlib.pyplot as plt
+
+    z = np.asarray(z)
+    if z.ndim != 2 or z.shape[1] != 2:
+        raise ValueError(f"latent_scatter needs (N, 2) codes, got shape {z.shape}; project them first.")
+    if labels is not None and len(labels) != len(z):
+        raise ValueError(f"{len(z)} codes but {len(labels)} labels.")
+    z, labels = z[:max_points], None if labels is None else np.asarray(labels)[:max_points]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    if labels is None:
+        ax.scatter(z[:, 0], z[:, 1], s=3, alpha=0.6)
+    else:
+        cmap = plt.get_cmap("tab10")
+        for c in np.unique(labels):
+            name = class_names[c] if class_names is not None else str(c)
+            sel = labels == c
+            ax.scatter(z[sel, 0], z[sel, 1], s=3, alpha=0.6, color=cmap(int(c) % 10), label=name)
+        ax.legend(markerscale=4, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

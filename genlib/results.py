@@ -1,0 +1,118 @@
+"""The results registry: what each chapter measured, as JSON lines.
+
+Each chapter calls ``record(...)`` after it evaluates a model. Lines go to
+``$GENLIB_RESULTS`` (default: ``results/`` in the book's folder when run from it,
+else ``$GENLIB_CACHE/results``), one file per chapter. Recording the same chapter,
+model and profile again replaces the earlier line, so re-running a chapter never
+duplicates rows. ``table`` compiles them; a run that never happened shows as missing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from pathlib import Path
+
+from genlib import profiles
+
+
+def results_dir() -> Path:
+    if os.environ.get("GENLIB_RESULTS"):
+        path = Path(os.environ["GENLIB_RESULTS"])
+    else:
+        here = Path.cwd()
+        book_root = next((p for p in (here, *here.parents) if (p / "_toc.yml").exists()), None)
+        if book_root is not None:
+            path = book_root / "results"
+        else:
+            from genlib.metrics import cache_dir
+
+            path = cache_dir() / "results"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _clean_metrics(metrics: dict) -> dict:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"metric {key!r} must be a number, got {value!r}.") from None
+        if not math.isfinite(value):
+            raise ValueError(f"metric {key!r} is {value}; record only measured, finite numbers.")
+        out[key] = value
+    return out
+
+
+def record(chapter: str, model: str, metrics: dict, *, params: int | None = None,
+           train_seconds: float | None = None, sample_seconds_per_image: float | None = None,
+           profile: str | None = None, config: dict | None = None) -> dict:
+    """Record one model's measurements and return the stored entry.
+
+    Args:
+        chapter: the notebook stem, e.g. ``"01_intro"``.
+        model: a short model name, e.g. ``"gaussian baseline"``.
+        metrics: name -> number (``fid``, ``kid``, ``bits_per_dim``, ...).
+        params: trainable parameter count.
+        train_seconds: wall-clock training time.
+        sample_seconds_per_image: wall-clock generation time per image.
+        profile: defaults to the active profile.
+        config: the settings that produced it (epochs, sizes, ...), JSON-serialisable.
+    """
+    import keras
+
+    if not chapter or not model:
+        raise ValueError("chapter and model must be non-empty strings.")
+    entry = {
+        "chapter": chapter,
+        "model": model,
+        "profile": profile or profiles.active(),
+        "metrics": _clean_metrics(metrics),
+        "params": None if params is None else int(params),
+        "train_seconds": None if train_seconds is None else round(float(train_seconds), 2),
+        "sample_seconds_per_image": None if sample_seconds_per_image is None else float(sample_seconds_per_image),
+        "config": config or {},
+        "backend": keras.backend.backend(),
+        "device": "GPU" if profiles.gpu_available() else "CPU",
+        "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    json.dumps(entry)  # fail now, not at read time, on a config that is not JSON
+    path = results_dir() / f"{chapter}.jsonl"
+    kept = [e for e in load(path=path) if (e["model"], e["profile"]) != (model, entry["profile"])]
+    path.write_text("".join(json.dumps(e) + "\n" for e in [*kept, entry]))
+    return entry
+
+
+def load(profile: str | None = None, path: Path | None = None) -> list[dict]:
+    """All recorded entries (optionally of one profile), from one file or the whole folder."""
+    files = [path] if path is not None else sorted(results_dir().glob("*.jsonl"))
+    entries = []
+    for f in files:
+        if f.exists():
+            entries += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return [e for e in entries if profile is None or e["profile"] == profile]
+
+
+def table(profile: str, expected: list[tuple[str, str]] | None = None,
+          columns=("bits_per_dim", "fid", "kid", "precision", "recall")) -> str:
+    """A Markdown table of one profile's results.
+
+    ``expected`` lists ``(chapter, model)`` pairs that should be there; those never
+    recorded appear as rows marked *missing* rather than vanishing.
+    """
+    entries = {(e["chapter"], e["model"]): e for e in load(profile)}
+    rows = list(entries) + [key for key in (expected or []) if key not in entries]
+    head = "| chapter | model | " + " | ".join(columns) + " | train s |"
+    lines = [head, "|" + "---|" * (len(columns) + 3)]
+    for key in rows:
+        e = entries.get(key)
+        if e is None:
+            lines.append(f"| {key[0]} | {key[1]} | " + " | ".join("missing" for _ in columns) + " | missing |")
+            continue
+        cells = [f"{e['metrics'][c]:.4g}" if c in e["metrics"] else "–" for c in columns]
+        train = "–" if e["train_seconds"] is None else f"{e['train_seconds']:.0f}"
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + f" | {train} |")
+    return "\n".join(lines)

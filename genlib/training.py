@@ -1,0 +1,100 @@
+"""Training helpers shared by every chapter: seeding, timing, a sample-grid callback, fit_or_load."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import keras
+
+from genlib import metrics, profiles
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and the Keras backend in one call."""
+    keras.utils.set_random_seed(seed)
+
+
+class Timer:
+    """Wall-clock timer: ``with Timer() as t: ...`` then ``t.seconds``."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        return False
+
+
+class SampleGrid(keras.callbacks.Callback):
+    """Keep a grid of samples every ``every`` epochs; ``show`` draws them as one figure.
+
+    Args:
+        sample_fn: a function ``model -> images`` (e.g. ``lambda m: m.generate(16)``);
+            should be seeded so rows are comparable across epochs.
+        every: epochs between grids.
+        num_images: how many images of each grid to keep.
+    """
+
+    def __init__(self, sample_fn, every: int = 1, num_images: int = 8):
+        super().__init__()
+        if every < 1 or num_images < 1:
+            raise ValueError("every and num_images must be at least 1.")
+        self.sample_fn = sample_fn
+        self.every = every
+        self.num_images = num_images
+        self.grids: list[tuple[int, object]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every == 0:
+            images = keras.ops.convert_to_numpy(self.sample_fn(self.model))
+            self.grids.append((epoch + 1, images[: self.num_images]))
+
+    def show(self, value_range=None):
+        """One row per kept epoch: how samples improve during training."""
+        import numpy as np
+
+        from genlib import plot
+
+        if not self.grids:
+            raise ValueError("no grids yet: train first.")
+        images = np.concatenate([g for _, g in self.grids])
+        return plot.image_grid(images, ncols=self.num_images, value_range=value_range,
+                               row_labels=[f"epoch {e}" for e, _ in self.grids])
+
+
+def checkpoint_dir() -> Path:
+    path = metrics.cache_dir() / "checkpoints"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fit_or_load(model: keras.Model, name: str, *fit_args, **fit_kwargs) -> dict:
+    """Train ``model`` with ``fit`` unless a finished checkpoint for ``name`` exists.
+
+    The checkpoint lives in ``$GENLIB_CACHE/checkpoints/{name}-{profile}.weights.h5``,
+    with the training history beside it, so a reloaded model still has its curves.
+    While training, a ``BackupAndRestore`` folder keeps the last finished epoch:
+    an interrupted run resumes there instead of starting over.
+
+    The model must be built (call it on a batch, or give it an ``Input``) and compiled.
+    Returns the history dict (loaded from disk when the model was loaded).
+    """
+    if not model.built:
+        raise ValueError("build the model before fit_or_load (call it once on a batch).")
+    stem = checkpoint_dir() / f"{name}-{profiles.active()}"
+    weights, history_path, backup = (stem.with_suffix(".weights.h5"), stem.with_suffix(".history.json"),
+                                     stem.with_suffix(".backup"))
+    if weights.exists() and history_path.exists():
+        model.load_weights(weights)
+        return json.loads(history_path.read_text())
+    callbacks = list(fit_kwargs.pop("callbacks", []))
+    callbacks.append(keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True))
+    history = model.fit(*fit_args, callbacks=callbacks, **fit_kwargs)
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    model.save_weights(weights)
+    history_path.write_text(json.dumps(hist))
+    return hist
