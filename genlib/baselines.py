@@ -47,7 +47,10 @@ class PixelCategorical:
 
     def fit(self, q) -> PixelCategorical:
         q = self._check(q)
-        counts = np.stack([(q == v).sum(0) for v in range(self.levels)], axis=-1).astype("float64")
+        # One bincount over (pixel, level) pairs: O(N * D) rather than O(levels * N * D).
+        pixel = np.arange(np.prod(q.shape[1:])).reshape(q.shape[1:])
+        flat = (pixel[None] * self.levels + q).ravel()
+        counts = np.bincount(flat, minlength=pixel.size * self.levels).reshape(*q.shape[1:], self.levels)
         probs = (counts + self.alpha) / (len(q) + self.alpha * self.levels)
         self.log_probs = np.log(probs)
         return self

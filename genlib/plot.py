@@ -15,6 +15,13 @@ def _as_displayable(images, value_range=None) -> np.ndarray:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(f"expected images (N, H, W), (N, H, W, 1) or (N, H, W, 3), got shape {x.shape}.")
+    if isinstance(value_range, str):
+        if value_range != "each":
+            raise ValueError(f"value_range must be a (low, high) pair, None or 'each', got {value_range!r}.")
+        x = x.astype("float32")
+        low = x.min(axis=(1, 2, 3), keepdims=True)
+        span = np.maximum(x.max(axis=(1, 2, 3), keepdims=True) - low, 1e-12)
+        return (x - low) / span
     if np.issubdtype(x.dtype, np.integer) and value_range is None:
         value_range = (0, 255) if x.max() > 1 else (0, 1)
     x = x.astype("float32")
@@ -33,7 +40,8 @@ def image_grid(images, ncols: int | None = None, titles=None, value_range=None,
         ncols: images per row (default: about square).
         titles: optional list of N short strings, one above each image.
         value_range: the images' range, e.g. (0, 1), (-1, 1), (0, 255) or (0, levels - 1);
-            inferred when None (negative values mean [-1, 1]).
+            inferred when None (negative values mean [-1, 1]); ``"each"`` stretches every
+            image to its own min..max (for filters, principal components, differences).
         cell_size: inches per image.
         suptitle: a title over the whole grid.
         row_labels: optional labels written left of each row.

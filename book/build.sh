@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Build the book with every chapter executed (the profile of this machine, or $GENLIB_PROFILE).
+# Installs what it needs first. Output: _build/html/index.html
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${GENLIB_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
+  export GENLIB_DATA_DIR="$(cd ../shared/data && pwd)"
+fi
+export TF_CPP_MIN_LOG_LEVEL=2 MPLBACKEND=Agg
+python -m pip install -q --upgrade pip
+python -m pip install -q -r requirements.txt -e .
+jupyter-book build . -W -n --keep-going
+echo "book: $(pwd)/_build/html/index.html"

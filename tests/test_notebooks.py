@@ -1,0 +1,56 @@
+"""Every chapter follows the book's notebook conventions (static checks; nbval executes them)."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
+FENCED_PYTHON = re.compile(r"```python\n(.*?)\n```", re.S)
+
+
+def cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+def source(cell):
+    src = cell["source"]
+    return "".join(src) if isinstance(src, list) else src
+
+
+def test_there_are_chapters():
+    assert NOTEBOOKS, "no notebooks in chapters/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_skeleton(path):
+    nb = cells(path)
+    assert nb[0]["cell_type"] == "markdown" and source(nb[0]).startswith("# ")
+    tags = [set(c.get("metadata", {}).get("tags", [])) for c in nb]
+    assert sum("parameters" in t for t in tags) == 1, "exactly one cell tagged 'parameters'"
+    checks = [source(c) for c, t in zip(nb, tags) if "remove-cell" in t and "solution" not in t]
+    assert any("assert" in s for s in checks), "a hidden check cell with asserts"
+    code = [c for c in nb if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "outputs committed"
+    assert "import genlib" in source(code[0])
+    assert path.stem in (ROOT / "_toc.yml").read_text(), "chapter missing from _toc.yml"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_solutions_shown_are_solutions_run(path):
+    nb = cells(path)
+    markdown = "\n".join(source(c) for c in nb if c["cell_type"] == "markdown")
+    n_exercises = len(re.findall(r"[`:]{3,}\{exercise\}", markdown))
+    assert n_exercises >= 3, f"{n_exercises} exercises"
+    solutions = 0
+    for i, cell in enumerate(nb):
+        if "solution" not in cell.get("metadata", {}).get("tags", []):
+            continue
+        solutions += 1
+        shown = [c for c in nb[:i] if c["cell_type"] == "markdown" and "{solution}" in source(c)]
+        assert shown, f"cell {i}: a solution code cell with no {{solution}} directive before it"
+        blocks = FENCED_PYTHON.findall(source(shown[-1]))
+        assert blocks and blocks[-1].strip() == source(cell).strip(), f"cell {i}: shown and run code differ"
+    assert solutions >= n_exercises, f"{n_exercises} exercises but {solutions} executed solutions"

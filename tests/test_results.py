@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from genlib import results
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENLIB_RESULTS", str(tmp_path))
+    return tmp_path
+
+
+def test_record_replaces_same_model_and_profile(registry):
+    results.record("01_intro", "gaussian", {"fid": 30.0}, profile="smoke", params=10)
+    results.record("01_intro", "gaussian", {"fid": 25.0}, profile="smoke")
+    results.record("01_intro", "gaussian", {"fid": 20.0}, profile="cpu")
+    results.record("01_intro", "pixel", {"bits_per_dim": 4.6}, profile="smoke", train_seconds=1.234)
+    lines = (registry / "01_intro.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    entries = results.load("smoke")
+    assert {e["model"]: e["metrics"] for e in entries} == {"gaussian": {"fid": 25.0}, "pixel": {"bits_per_dim": 4.6}}
+    assert json.loads(lines[-1])["train_seconds"] == 1.23
+
+
+def test_table_marks_missing_runs(registry):
+    results.record("01_intro", "gaussian", {"fid": 25.0}, profile="smoke")
+    table = results.table("smoke", expected=[("01_intro", "gaussian"), ("02_vae", "vae")])
+    assert "| 01_intro | gaussian | – | 25 |" in table
+    assert "| 02_vae | vae | missing" in table
+
+
+def test_record_refuses_what_was_not_measured(registry):
+    with pytest.raises(ValueError, match="finite"):
+        results.record("01_intro", "x", {"fid": float("nan")})
+    with pytest.raises(ValueError, match="number"):
+        results.record("01_intro", "x", {"fid": "good"})
+    with pytest.raises(ValueError, match="non-empty"):
+        results.record("", "x", {})

@@ -1,0 +1,63 @@
+import keras
+import matplotlib
+import numpy as np
+import pytest
+
+from genlib import plot, training
+
+matplotlib.use("Agg")
+
+
+def small_model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    return model
+
+
+def test_fit_or_load_trains_once_then_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENLIB_CACHE", str(tmp_path))
+    training.seed_everything(0)
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], dtype="float32")
+    first = small_model()
+    hist = training.fit_or_load(first, "toy", x, y, epochs=3, verbose=0)
+    assert len(hist["loss"]) == 3 and hist["loss"][-1] < hist["loss"][0]
+    second = small_model()
+    again = training.fit_or_load(second, "toy", x, y, epochs=3, verbose=0)
+    assert again == hist
+    np.testing.assert_allclose(second.predict(x, verbose=0), first.predict(x, verbose=0))
+
+
+def test_fit_or_load_needs_a_built_model():
+    model = keras.Sequential([keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="build"):
+        training.fit_or_load(model, "unbuilt", np.zeros((2, 3)), np.zeros((2, 1)))
+
+
+def test_sample_grid_keeps_one_row_per_epoch():
+    x = np.zeros((8, 3), "float32")
+    grid = training.SampleGrid(lambda m: np.random.rand(4, 8, 8, 1), every=2, num_images=3)
+    small_model().fit(x, np.zeros((8, 1)), epochs=4, verbose=0, callbacks=[grid])
+    assert [e for e, _ in grid.grids] == [2, 4] and grid.grids[0][1].shape == (3, 8, 8, 1)
+    assert len(grid.show().axes) == 6
+
+
+def test_timer():
+    with training.Timer() as t:
+        sum(range(1000))
+    assert t.seconds > 0
+
+
+def test_plots_return_figures_and_check_inputs():
+    fig = plot.image_grid(np.random.rand(5, 8, 8), ncols=3, titles=list("abcde"))
+    assert len(fig.axes) == 6
+    assert plot.image_grid(np.random.randint(0, 4, (4, 8, 8, 1)), value_range=(0, 3)) is not None
+    assert plot.image_grid(np.random.randn(3, 8, 8), value_range="each") is not None
+    assert plot.training_curves({"loss": [3, 2, 1], "val_loss": [3, 2.5, 2]}) is not None
+    assert plot.latent_scatter(np.random.rand(20, 2), np.arange(20) % 3, ["a", "b", "c"]) is not None
+    with pytest.raises(ValueError, match="titles"):
+        plot.image_grid(np.random.rand(5, 8, 8), titles=["a"])
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        plot.latent_scatter(np.random.rand(20, 3))
+    with pytest.raises(ValueError, match="not in the history"):
+        plot.training_curves({"loss": [1]}, keys=["kl"])
