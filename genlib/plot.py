@@ -1,4 +1,4 @@
-"""Figures every chapter draws: image grids, training curves, latent scatters.
+"""Figures every chapter draws: image grids, training curves, latent scatters, attention maps.
 
 Each function returns the ``matplotlib`` figure, so a notebook shows it and a
 script can save it (``fig.savefig("grid.png")``).
@@ -56,24 +56,31 @@ def image_grid(images, ncols: int | None = None, titles=None, value_range=None,
         raise ValueError(f"{n} images but {len(titles)} titles.")
     ncols = ncols or int(np.ceil(np.sqrt(n)))
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell_size, nrows * cell_size * (1.25 if titles else 1)),
-                             squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-        if i < n:
-            img = x[i]
-            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
-            if titles is not None:
-                ax.set_title(str(titles[i]), fontsize=8)
+    if row_labels is not None and len(row_labels) > nrows:
+        raise ValueError(f"{nrows} rows but {len(row_labels)} row labels.")
+    # One mosaic in one Axes: drawing it costs the same for 16 images or 400, where a
+    # subplot per image takes seconds per hundred.
+    h, w, c = x.shape[1:]
+    gap = max(1, h // 14)
+    band = int(round(0.3 * h)) if titles is not None else 0  # room for the titles above each row
+    pitch_y, pitch_x = h + gap + band, w + gap
+    canvas = np.ones((nrows * pitch_y - gap, ncols * pitch_x - gap, c), dtype="float32")
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        canvas[r * pitch_y + band: r * pitch_y + band + h, col * pitch_x: col * pitch_x + w] = x[i]
+    fig, ax = plt.subplots(figsize=(ncols * cell_size, nrows * cell_size * (1.25 if titles else 1)))
+    ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if titles is not None:
+        for i, title in enumerate(titles):
+            r, col = divmod(i, ncols)
+            ax.text(col * pitch_x + (w - 1) / 2, r * pitch_y + band - 1, str(title), fontsize=8,
+                    ha="center", va="bottom")
     if row_labels is not None:
-        for r, label in enumerate(row_labels[:nrows]):
-            axes[r, 0].set_ylabel(str(label), rotation=0, ha="right", va="center", fontsize=8)
+        for r, label in enumerate(row_labels):
+            ax.text(-gap - 1, r * pitch_y + band + (h - 1) / 2, str(label), fontsize=8, ha="right", va="center")
     if suptitle:
-        fig.suptitle(suptitle)
+        fig.suptitle(suptitle)  # before tight_layout, which then leaves room for it
     fig.tight_layout(pad=0.2)
     return fig
 
@@ -134,5 +141,47 @@ def latent_scatter(z, labels=None, class_names=None, title: str | None = None, m
     ax.set_ylabel("$z_2$")
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def attention_map(weights, tokens=None, titles=None, ncols: int = 2, cell_size: float = 5.0):
+    """Draw attention weights as heat maps, one panel per head.
+
+    Args:
+        weights: (T, T) for one head or (H, T, T) for H heads; row t holds the weights query
+            position t gives to every key position (each row sums to 1).
+        tokens: optional T strings labelling the positions (spaces and line breaks are shown
+            as ``␣`` and ``↵``).
+        titles: optional H panel titles (default "head 1", "head 2", ...).
+        ncols: panels per row.
+        cell_size: inches per panel.
+    """
+    import matplotlib.pyplot as plt
+
+    w = np.asarray(weights, dtype="float32")
+    w = w[None] if w.ndim == 2 else w
+    if w.ndim != 3 or w.shape[1] != w.shape[2]:
+        raise ValueError(f"expected weights (T, T) or (H, T, T), got shape {np.shape(weights)}.")
+    heads, length = w.shape[0], w.shape[1]
+    if tokens is not None and len(tokens) != length:
+        raise ValueError(f"{length} positions but {len(tokens)} tokens.")
+    if titles is not None and len(titles) != heads:
+        raise ValueError(f"{heads} heads but {len(titles)} titles.")
+    labels = None if tokens is None else [{"\n": "↵", " ": "␣"}.get(t, t) for t in tokens]
+    ncols = min(ncols, heads)
+    nrows = int(np.ceil(heads / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_size * ncols, cell_size * nrows), squeeze=False)
+    for head, ax in enumerate(axes.flat):
+        if head >= heads:
+            ax.axis("off")
+            continue
+        ax.imshow(w[head], cmap="Blues", vmin=0, vmax=1)
+        if labels is not None:
+            ax.set_xticks(range(length), labels, fontsize=7, family="monospace")
+            ax.set_yticks(range(length), labels, fontsize=7, family="monospace")
+        ax.set_title(titles[head] if titles is not None else f"head {head + 1}", fontsize=10)
+        ax.set_xlabel("key position (attends to)")
+        ax.set_ylabel("query position")
     fig.tight_layout()
     return fig

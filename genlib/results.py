@@ -97,13 +97,15 @@ def load(profile: str | None = None, path: Path | None = None) -> list[dict]:
 
 
 def table(profile: str, expected: list[tuple[str, str]] | None = None,
-          columns=("bits_per_dim", "fid", "kid", "precision", "recall")) -> str:
+          columns=("bits_per_dim", "fid", "kid", "precision", "recall"), chapters=None) -> str:
     """A Markdown table of one profile's results.
 
     ``expected`` lists ``(chapter, model)`` pairs that should be there; those never
-    recorded appear as rows marked *missing* rather than vanishing.
+    recorded appear as rows marked *missing* rather than vanishing. ``chapters`` (a name
+    or a list of names) keeps only those chapters' rows; None keeps every chapter.
     """
-    entries = {(e["chapter"], e["model"]): e for e in load(profile)}
+    keep = [chapters] if isinstance(chapters, str) else chapters
+    entries = {(e["chapter"], e["model"]): e for e in load(profile) if keep is None or e["chapter"] in keep}
     rows = list(entries) + [key for key in (expected or []) if key not in entries]
     head = "| chapter | model | " + " | ".join(columns) + " | train s |"
     lines = [head, "|" + "---|" * (len(columns) + 3)]

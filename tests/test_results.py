@@ -30,6 +30,14 @@ def test_table_marks_missing_runs(registry):
     assert "| 02_vae | vae | missing" in table
 
 
+def test_table_keeps_only_the_chapters_asked_for(registry):
+    results.record("01_intro", "gaussian", {"fid": 25.0}, profile="smoke")
+    results.record("02_vae", "vae", {"fid": 40.0}, profile="smoke")
+    assert "01_intro" not in results.table("smoke", chapters="02_vae")
+    assert "| 02_vae | vae |" in results.table("smoke", chapters=["02_vae"])
+    assert "01_intro" in results.table("smoke")
+
+
 def test_record_refuses_what_was_not_measured(registry):
     with pytest.raises(ValueError, match="finite"):
         results.record("01_intro", "x", {"fid": float("nan")})

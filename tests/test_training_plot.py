@@ -39,7 +39,7 @@ def test_sample_grid_keeps_one_row_per_epoch():
     grid = training.SampleGrid(lambda m: np.random.rand(4, 8, 8, 1), every=2, num_images=3)
     small_model().fit(x, np.zeros((8, 1)), epochs=4, verbose=0, callbacks=[grid])
     assert [e for e, _ in grid.grids] == [2, 4] and grid.grids[0][1].shape == (3, 8, 8, 1)
-    assert len(grid.show().axes) == 6
+    assert [t.get_text() for t in grid.show().axes[0].texts] == ["epoch 2", "epoch 4"]
 
 
 def test_timer():
@@ -49,8 +49,14 @@ def test_timer():
 
 
 def test_plots_return_figures_and_check_inputs():
-    fig = plot.image_grid(np.random.rand(5, 8, 8), ncols=3, titles=list("abcde"))
-    assert len(fig.axes) == 6
+    images = np.random.rand(5, 8, 8)
+    fig = plot.image_grid(images, ncols=3, titles=list("abcde"), row_labels=["one", "two"])
+    mosaic = fig.axes[0].images[0].get_array()
+    assert mosaic.shape == (2 * (8 + 1 + 2) - 1, 3 * (8 + 1) - 1)  # 2 rows with title bands, 3 columns, 1-px gaps
+    np.testing.assert_allclose(mosaic[2:10, 9:17], images[1], rtol=1e-6)  # image 1: row 0, column 1
+    assert [t.get_text() for t in fig.axes[0].texts] == [*"abcde", "one", "two"]
+    with pytest.raises(ValueError, match="row labels"):
+        plot.image_grid(images, ncols=3, row_labels=["a", "b", "c"])
     assert plot.image_grid(np.random.randint(0, 4, (4, 8, 8, 1)), value_range=(0, 3)) is not None
     assert plot.image_grid(np.random.randn(3, 8, 8), value_range="each") is not None
     assert plot.training_curves({"loss": [3, 2, 1], "val_loss": [3, 2.5, 2]}) is not None
@@ -61,3 +67,18 @@ def test_plots_return_figures_and_check_inputs():
         plot.latent_scatter(np.random.rand(20, 3))
     with pytest.raises(ValueError, match="not in the history"):
         plot.training_curves({"loss": [1]}, keys=["kl"])
+
+
+def test_attention_map_draws_one_panel_per_head_and_checks_inputs():
+    weights = np.tril(np.ones((3, 5, 5)))
+    weights /= weights.sum(-1, keepdims=True)
+    fig = plot.attention_map(weights, tokens=list("ab c\n"), ncols=2)
+    drawn = [ax for ax in fig.axes if ax.images]
+    assert len(drawn) == 3
+    assert [t.get_text() for t in drawn[0].get_xticklabels()] == ["a", "b", "␣", "c", "↵"]
+    assert len(plot.attention_map(weights[0]).axes) == 1
+    with pytest.raises(ValueError, match="T, T"):
+        plot.attention_map(np.ones((2, 4, 5)))
+    with pytest.raises(ValueError, match="tokens"):
+        plot.attention_map(weights, tokens=list("ab"))
+    matplotlib.pyplot.close("all")

@@ -1,0 +1,172 @@
+"""Tests for genlib.transformer: causality, the cache, attention weights, sampling, saving, bad arguments."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import genlib  # noqa: F401
+from genlib import transformer as tr
+
+VOCAB, LENGTH = 11, 12
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    m = tr.GPT(VOCAB, LENGTH, width=16, depth=2, num_heads=4)
+    m.build((None, LENGTH))
+    return m
+
+
+def ids(batch=2, length=LENGTH, seed=0):
+    return np.random.default_rng(seed).integers(0, VOCAB, size=(batch, length)).astype("int32")
+
+
+def test_output_shape_and_loss_is_cross_entropy(model):
+    x = ids()
+    logits = keras.ops.convert_to_numpy(model(x))
+    assert logits.shape == (2, LENGTH, VOCAB)
+    y = ids(seed=1)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(log_probs, y[..., None], -1).mean()
+    loss = float(model.compute_loss(x, y, keras.ops.convert_to_tensor(logits)))
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert float(model.bpc_tracker.result()) == pytest.approx(expected / math.log(2), rel=1e-5)
+
+
+@pytest.mark.parametrize("j", [0, 5, LENGTH - 1])
+def test_causality_changing_token_j_changes_no_earlier_output(model, j):
+    x = ids(batch=1)
+    x2 = x.copy()
+    x2[0, j] = (x2[0, j] + 1) % VOCAB
+    a, b = (keras.ops.convert_to_numpy(model(v)) for v in (x, x2))
+    np.testing.assert_allclose(a[0, :j], b[0, :j], atol=1e-6)
+    assert np.abs(a[0, j] - b[0, j]).max() > 1e-4  # the test can fail: position j does see token j
+
+
+def test_attention_rows_sum_to_one_and_vanish_above_diagonal(model):
+    maps = model.attention_maps(ids(length=9))
+    assert maps.shape == (2, 2, 4, 9, 9)
+    np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
+    upper = np.triu(np.ones((9, 9), bool), k=1)
+    assert np.all(maps[..., upper] == 0.0)
+    assert np.all(maps[..., ~upper] > 0.0)
+
+
+def test_cache_gives_the_same_logits_as_the_full_pass(model):
+    x = ids(batch=2)
+    full = keras.ops.convert_to_numpy(model(x))
+    k_cache, v_cache = model.empty_cache(2)
+    # Prefill the first 5 tokens, then feed the rest one at a time.
+    logits, k_cache, v_cache = model.call_with_cache(x[:, :5], k_cache, v_cache, 0)
+    steps = [keras.ops.convert_to_numpy(logits)]
+    for t in range(5, LENGTH):
+        logits, k_cache, v_cache = model.call_with_cache(x[:, t: t + 1], k_cache, v_cache, t)
+        steps.append(keras.ops.convert_to_numpy(logits))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.7, 3), (0.0, None)])
+def test_cached_and_uncached_samplers_give_identical_tokens(model, temperature, top_k):
+    prompt = ids(batch=2, length=3)
+    # 25 new tokens with a context of 12: the window fills and slides twice on the way.
+    kwargs = dict(temperature=temperature, top_k=top_k, seed=7)
+    a = tr.Sampler(model, use_cache=False, jit_compile=False)(prompt, 25, **kwargs)
+    b = tr.Sampler(model, use_cache=True, jit_compile=False)(prompt, 25, **kwargs)
+    assert a.shape == (2, 28)
+    np.testing.assert_array_equal(a[:, :3], prompt)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_compiled_samplers_agree_and_seed_matters(model):
+    prompt = ids(batch=1, length=2)
+    a = tr.Sampler(model, use_cache=False)(prompt, 15, seed=3)
+    b = tr.Sampler(model, use_cache=True)(prompt, 15, seed=3)
+    c = tr.Sampler(model, use_cache=True)(prompt, 15, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(b, c)
+
+
+def test_choose_tokens_greedy_top_k_and_frequencies():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 7)).astype("float32")
+    noise = -np.log(-np.log(rng.uniform(1e-7, 1, size=(4, 7)))).astype("float32")
+    greedy = keras.ops.convert_to_numpy(tr.choose_tokens(logits, noise, np.float32(0.0), np.int32(0)))
+    top1 = keras.ops.convert_to_numpy(tr.choose_tokens(logits, noise, np.float32(5.0), np.int32(1)))
+    np.testing.assert_array_equal(greedy, logits.argmax(-1))
+    np.testing.assert_array_equal(top1, logits.argmax(-1))
+    # Gumbel-max draws follow softmax(logits / T), restricted to the top k.
+    n, temperature, k = 20000, 0.8, 3
+    row = np.tile(logits[:1], (n, 1))
+    g = -np.log(-np.log(rng.uniform(1e-7, 1, size=(n, 7)))).astype("float32")
+    draws = keras.ops.convert_to_numpy(tr.choose_tokens(row, g, np.float32(temperature), np.int32(k)))
+    keep = np.argsort(logits[0])[-k:]
+    p = np.zeros(7)
+    p[keep] = np.exp(logits[0, keep] / temperature)
+    p /= p.sum()
+    np.testing.assert_allclose(np.bincount(draws, minlength=7) / n, p, atol=0.015)
+
+
+def test_round_trip_through_keras_file(model, tmp_path):
+    path = tmp_path / "gpt.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = ids()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)),
+                               atol=1e-6)
+    assert loaded.get_config()["num_heads"] == 4
+
+
+def test_layers_round_trip_config():
+    for layer in (tr.TokenAndPositionEmbedding(5, 7, 8), tr.CausalSelfAttention(2, dropout=0.1),
+                  tr.TransformerBlock(2, mlp_ratio=2)):
+        clone = layer.__class__.from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+
+
+def test_fit_lowers_the_loss():
+    keras.utils.set_random_seed(1)
+    text = np.tile(np.arange(5, dtype="int32"), 400)  # a perfectly predictable sequence
+    m = tr.GPT(5, 8, width=16, depth=1, num_heads=2)
+    m.build((None, 8))
+    m.compile(optimizer=keras.optimizers.Adam(1e-2))
+    data = tr.CharWindows(text, 8, batch_size=16, num_batches=30, seed=0)
+    history = m.fit(data, epochs=2, verbose=0).history
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert history["bits_per_char"][-1] == pytest.approx(history["loss"][-1] / math.log(2), rel=1e-4)
+
+
+def test_windows():
+    x, y = tr.sequential_windows(np.arange(23), 5)
+    assert x.shape == y.shape == (4, 5)
+    np.testing.assert_array_equal(y, x + 1)
+    data = tr.CharWindows(np.arange(100), 6, batch_size=3, num_batches=2, seed=0)
+    bx, by = data[0]
+    assert bx.shape == (3, 6)
+    np.testing.assert_array_equal(by, bx + 1)
+    np.testing.assert_array_equal(data[0][0], bx)  # seeded: the same batch twice
+    data.on_epoch_end()
+    assert not np.array_equal(data[0][0], bx)  # a new epoch draws new windows
+
+
+def test_bad_arguments(model):
+    with pytest.raises(ValueError, match="divid"):
+        tr.GPT(VOCAB, LENGTH, width=10, num_heads=4)
+    with pytest.raises(ValueError, match="must divide the width 10"):
+        tr.CausalSelfAttention(4).build((None, 5, 10))
+    with pytest.raises(ValueError, match="longer than max_length=12"):
+        model(ids(length=LENGTH + 1))
+    with pytest.raises(ValueError, match="longer than max_length=12"):
+        tr.Sampler(model, jit_compile=False)(ids(length=LENGTH + 1), 2)
+    with pytest.raises(ValueError, match="temperature"):
+        tr.Sampler(model, jit_compile=False)(ids(length=3), 2, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        tr.Sampler(model, jit_compile=False)(ids(length=3), 2, top_k=0)
+    with pytest.raises(ValueError, match="batch, length"):
+        model(np.zeros((2, 3, 4), "int32"))
+    with pytest.raises(ValueError, match="dropout"):
+        tr.CausalSelfAttention(2, dropout=1.5)
+    with pytest.raises(ValueError, match="GPT"):
+        tr.Sampler(keras.Sequential([keras.layers.Dense(2)]))
