@@ -54,3 +54,13 @@ def test_solutions_shown_are_solutions_run(path):
         blocks = FENCED_PYTHON.findall(source(shown[-1]))
         assert blocks and blocks[-1].strip() == source(cell).strip(), f"cell {i}: shown and run code differ"
     assert solutions >= n_exercises, f"{n_exercises} exercises but {solutions} executed solutions"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_chapter_lists_its_references(path):
+    # Each page's bibliography shows only what that page cites; a chapter without one makes
+    # its citations unresolvable (sphinxcontrib-bibtex: "could not find bibtex key").
+    markdown = "\n".join(source(c) for c in cells(path) if c["cell_type"] == "markdown")
+    assert "{cite}" in markdown, "the chapter cites nothing"
+    assert re.search(r"```\{bibliography\}\n:filter: docname in docnames\n```", markdown), \
+        "no {bibliography} with ':filter: docname in docnames' (put it under '## References')"
