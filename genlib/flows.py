@@ -1,0 +1,569 @@
+"""Normalizing flows: RealNVP and its pieces.
+
+A flow is an invertible map ``f`` from data ``x`` to a latent ``z = f(x)`` with a simple
+density (a standard normal). By the change of variables,
+``log p(x) = log N(f(x); 0, I) + log |det df/dx|``, so every piece below returns its
+output *and* the log-determinant of its Jacobian, per example.
+
+Every flow layer has ``forward(x) -> (y, log_det)`` (data towards latent) and
+``inverse(y) -> (x, log_det)`` where the second ``log_det`` is that of the inverse map
+(minus the forward one at the matching point). ``call`` is ``forward``.
+
+* ``checkerboard_mask``, ``channel_mask``: which entries a coupling layer keeps.
+* ``AffineCoupling``: kept entries pass unchanged and parametrise an elementwise affine map
+  of the others, ``y = x * exp(s) + t``; its Jacobian is triangular, ``log_det = sum(s)``.
+* ``squeeze`` / ``unsqueeze`` and the ``Squeeze`` layer: (H, W, C) <-> (H/2, W/2, 4C).
+* ``UniformDequantize``: integer pixels to continuous values in their bins.
+* ``LogitTransform``: [0, 1] to the real line, with its log-determinant.
+* ``ElementwiseAffine``: a learned per-entry scale and shift, initialised from data.
+* ``RealNVP``: the model, for vectors (a 2-D toy) or for images (multi-scale, with
+  dequantisation and the logit transform), trained by maximum likelihood and reporting
+  bits per dimension.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from genlib import metrics
+
+MASK_TYPES = ("checkerboard", "channel")
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _event_shape(shape, what: str) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise ValueError(f"{what} needs examples of shape (D,) or (H, W, C), got {shape}.")
+    return shape
+
+
+def checkerboard_mask(shape, parity: int = 0) -> np.ndarray:
+    """Alternating kept/transformed entries, float32; 1 marks an entry that is kept.
+
+    Args:
+        shape: one example's shape, (D,) or (H, W, C).
+        parity: 0 keeps entries whose index sum is even, 1 the others.
+
+    Returns (D,) for vectors (even indices kept for parity 0), (H, W, 1) for images
+    (the same pattern in every channel).
+    """
+    shape = _event_shape(shape, "checkerboard_mask")
+    if parity not in (0, 1):
+        raise ValueError(f"parity must be 0 or 1, got {parity!r}.")
+    if len(shape) == 1:
+        return ((np.arange(shape[0]) + parity) % 2 == 0).astype("float32")
+    rows, cols = np.indices(shape[:2])
+    return ((rows + cols + parity) % 2 == 0).astype("float32")[..., None]
+
+
+def channel_mask(shape, parity: int = 0) -> np.ndarray:
+    """Half of the channels kept, float32; 1 marks a kept entry.
+
+    Args:
+        shape: one example's shape, (D,) or (H, W, C) with C even.
+        parity: 0 keeps the first half, 1 the second.
+
+    Returns (D,) for vectors (the first D // 2 entries are the "first half"), (1, 1, C) for images.
+    """
+    shape = _event_shape(shape, "channel_mask")
+    if parity not in (0, 1):
+        raise ValueError(f"parity must be 0 or 1, got {parity!r}.")
+    channels = shape[-1]
+    if len(shape) == 3 and channels % 2:
+        raise ValueError(f"a channel mask needs an even number of channels, got shape {shape}; squeeze first.")
+    first = (np.arange(channels) < channels // 2).astype("float32")
+    mask = first if parity == 0 else 1.0 - first
+    return mask if len(shape) == 1 else mask.reshape(1, 1, channels)
+
+
+def make_mask(shape, mask_type: str, parity: int) -> np.ndarray:
+    """``checkerboard_mask`` or ``channel_mask`` by name."""
+    if mask_type not in MASK_TYPES:
+        raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}.")
+    return (checkerboard_mask if mask_type == "checkerboard" else channel_mask)(shape, parity)
+
+
+def _sum_event(t):
+    """Sum over every axis but the batch: per-example totals, shape (batch,)."""
+    return ops.sum(ops.reshape(t, (ops.shape(t)[0], -1)), axis=1)
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class AffineCoupling(keras.layers.Layer):
+    """Affine coupling layer: ``y = m * x + (1 - m) * (x * exp(s(m * x)) + t(m * x))``.
+
+    The kept entries (mask ``m = 1``) pass through and feed a network that outputs a log-scale
+    ``s`` and a shift ``t`` for the other entries. ``s = scale * tanh(raw)`` with a learned
+    per-channel ``scale``: bounded, so one step cannot blow an activation up by more than
+    ``exp(scale)``. The network's last layer starts at zero, so a new coupling is the identity.
+
+    Args:
+        mask_type: ``"checkerboard"`` or ``"channel"`` (see the mask functions).
+        parity: 0 or 1, which half is kept; alternate it so every entry gets transformed.
+        hidden: units of each hidden Dense layer (vectors) or filters of each 3×3 conv (images).
+        num_hidden: hidden layers of the s/t network.
+
+    Shapes: (batch, D) or (batch, H, W, C) -> the same shape, and log_det (batch,).
+    """
+
+    def __init__(self, mask_type: str = "checkerboard", parity: int = 0, hidden: int = 64, num_hidden: int = 2,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if mask_type not in MASK_TYPES:
+            raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}.")
+        if parity not in (0, 1):
+            raise ValueError(f"parity must be 0 or 1, got {parity!r}.")
+        if not isinstance(hidden, (int, np.integer)) or hidden < 1 or not isinstance(num_hidden, (int, np.integer)) \
+                or num_hidden < 1:
+            raise ValueError(f"hidden and num_hidden must be positive ints, got {hidden!r}, {num_hidden!r}.")
+        self.mask_type, self.parity = mask_type, int(parity)
+        self.hidden, self.num_hidden = int(hidden), int(num_hidden)
+
+    def build(self, input_shape):
+        event = _event_shape(input_shape[1:], "AffineCoupling")
+        # A NumPy constant, not a tensor made in build(): it is safe inside any graph (see autoregressive.py).
+        self.mask = make_mask(event, self.mask_type, self.parity)
+        self.is_image = len(event) == 3
+        channels = event[-1]
+        zeros = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
+        if self.is_image:
+            self.net = [keras.layers.Conv2D(self.hidden, 3, padding="same", activation="relu", name=f"conv_{i}")
+                        for i in range(self.num_hidden)]
+            self.net.append(keras.layers.Conv2D(2 * channels, 3, padding="same", name="st", **zeros))
+            # The checkerboard pattern is fed as an extra channel: with zero padding alone a
+            # convolution could not tell a kept pixel from a transformed one.
+            shape = (None, *event[:2], channels + (self.mask_type == "checkerboard"))
+        else:
+            self.net = [keras.layers.Dense(self.hidden, activation="relu", name=f"dense_{i}")
+                        for i in range(self.num_hidden)]
+            self.net.append(keras.layers.Dense(2 * channels, name="st", **zeros))
+            shape = (None, channels)
+        for layer in self.net:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        self.scale = self.add_weight(name="scale", shape=(channels,), initializer="ones")
+
+    def scale_and_shift(self, x_kept):
+        """``(s, t)`` for the transformed entries (zero on the kept ones), from the kept input."""
+        h = x_kept
+        if self.is_image and self.mask_type == "checkerboard":
+            h = ops.concatenate([h, ops.zeros_like(h[..., :1]) + self.mask], axis=-1)
+        for layer in self.net:
+            h = layer(h)
+        raw_s, t = ops.split(h, 2, axis=-1)
+        free = 1.0 - self.mask  # s = t = 0 on kept entries: they pass unchanged and add nothing to log_det
+        return self.scale * ops.tanh(raw_s) * free, t * free
+
+    def forward(self, x):
+        s, t = self.scale_and_shift(x * self.mask)
+        return x * ops.exp(s) + t, _sum_event(s)
+
+    def inverse(self, y):
+        # The kept entries of y equal those of x, so the same s and t can be recomputed.
+        s, t = self.scale_and_shift(y * self.mask)
+        return (y - t) * ops.exp(-s), -_sum_event(s)
+
+    def call(self, x):
+        return self.forward(x)
+
+    def get_config(self):
+        return {**super().get_config(), "mask_type": self.mask_type, "parity": self.parity,
+                "hidden": self.hidden, "num_hidden": self.num_hidden}
+
+
+def _check_squeezable(shape):
+    if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[1] % 2 or shape[2] % 2:
+        raise ValueError(f"squeeze needs (batch, H, W, C) with even H and W, got shape {tuple(shape)}.")
+
+
+def squeeze(x):
+    """Space to channels: (batch, H, W, C) -> (batch, H/2, W/2, 4C); each 2×2 block becomes 4 channels."""
+    _check_squeezable(tuple(x.shape))
+    _, h, w, c = x.shape
+    x = ops.reshape(x, (-1, h // 2, 2, w // 2, 2, c))
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+    return ops.reshape(x, (-1, h // 2, w // 2, 4 * c))
+
+
+def unsqueeze(x):
+    """Channels to space, the inverse of ``squeeze``: (batch, H, W, 4C) -> (batch, 2H, 2W, C)."""
+    if len(x.shape) != 4 or x.shape[-1] is None or x.shape[-1] % 4:
+        raise ValueError(f"unsqueeze needs (batch, H, W, C) with C divisible by 4, got shape {tuple(x.shape)}.")
+    _, h, w, c4 = x.shape
+    x = ops.reshape(x, (-1, h, w, 2, 2, c4 // 4))
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+    return ops.reshape(x, (-1, 2 * h, 2 * w, c4 // 4))
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class Squeeze(keras.layers.Layer):
+    """``squeeze`` as a flow layer: a permutation of the entries, so ``log_det = 0``.
+
+    Shapes: (batch, H, W, C) with H, W even -> (batch, H/2, W/2, 4C), and log_det (batch,).
+    """
+
+    def build(self, input_shape):
+        _check_squeezable(tuple(input_shape))
+
+    def forward(self, x):
+        return squeeze(x), ops.zeros((ops.shape(x)[0],))
+
+    def inverse(self, y):
+        return unsqueeze(y), ops.zeros((ops.shape(y)[0],))
+
+    def call(self, x):
+        return self.forward(x)
+
+    def compute_output_shape(self, input_shape):
+        _check_squeezable(tuple(input_shape))
+        b, h, w, c = input_shape
+        return (b, h // 2, w // 2, 4 * c)
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class UniformDequantize(keras.layers.Layer):
+    """Integer pixels ``q`` in 0..levels-1 to ``y = (q + (1 - margin) u) / levels``, ``u ~ U[0, 1)``.
+
+    Every ``y`` stays inside its bin ``[q / levels, (q + 1) / levels)``: the small ``margin``
+    keeps float32 rounding from pushing ``q + u`` up to ``q + 1``. The map ``u -> y`` has
+    Jacobian ``((1 - margin) / levels)`` per dimension: ``log_det_per_dim`` is its log, used by
+    the likelihood bound (see ``RealNVP.discrete_nll``).
+
+    Args:
+        levels: intensity levels of the integer data.
+        margin: fraction of each bin left out at its top.
+        seed: int seed of the noise.
+
+    Shapes: (batch, ...) integers (any dtype) -> (batch, ...) float32 in [0, 1).
+    """
+
+    def __init__(self, levels: int = 256, margin: float = 1e-3, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(levels, (int, np.integer)) or levels < 2:
+            raise ValueError(f"levels must be an int >= 2, got {levels!r}.")
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"margin must lie in [0, 1), got {margin!r}.")
+        self.levels, self.margin, self.seed = int(levels), float(margin), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    @property
+    def log_det_per_dim(self) -> float:
+        return math.log((1.0 - self.margin) / self.levels)
+
+    def call(self, q):
+        q = ops.cast(q, "float32")
+        u = keras.random.uniform(ops.shape(q), seed=self.seed_generator)
+        return (q + (1.0 - self.margin) * u) / self.levels
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "levels": self.levels, "margin": self.margin, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class LogitTransform(keras.layers.Layer):
+    """``[0, 1]`` to the real line: ``z = logit(alpha + (1 - 2 alpha) y)``.
+
+    Squeezing into ``[alpha, 1 - alpha]`` first keeps ``z`` finite at ``y = 0`` and ``y = 1``.
+    Per dimension, ``dz/dy = (1 - 2 alpha) / (s (1 - s))`` with ``s = alpha + (1 - 2 alpha) y``.
+
+    Args:
+        alpha: the margin, in [0, 0.5).
+
+    Shapes: (batch, ...) -> (batch, ...), and log_det (batch,).
+    """
+
+    def __init__(self, alpha: float = 0.05, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= alpha < 0.5:
+            raise ValueError(f"alpha must lie in [0, 0.5), got {alpha!r}.")
+        self.alpha = float(alpha)
+
+    def _log_det(self, s):
+        return _sum_event(math.log(1.0 - 2.0 * self.alpha) - ops.log(s) - ops.log(1.0 - s))
+
+    def forward(self, y):
+        s = self.alpha + (1.0 - 2.0 * self.alpha) * y
+        return ops.log(s) - ops.log(1.0 - s), self._log_det(s)
+
+    def inverse(self, z):
+        s = ops.sigmoid(z)
+        return (s - self.alpha) / (1.0 - 2.0 * self.alpha), -self._log_det(s)
+
+    def call(self, y):
+        return self.forward(y)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class ElementwiseAffine(keras.layers.Layer):
+    """A learned scale and shift for every entry: ``y = (x + shift) * exp(log_scale)``.
+
+    Its Jacobian is diagonal, ``log_det = sum(log_scale)`` for every example. Starts as the identity;
+    ``initialize(x)`` sets it from data (as Glow's actnorm) so that each entry of ``y`` has zero mean
+    and unit variance over the batch: from the first step the flow is a per-pixel Gaussian in
+    logit space, and the couplings only have to learn what that misses.
+
+    Shapes: (batch, ...) -> (batch, ...), and log_det (batch,).
+    """
+
+    def build(self, input_shape):
+        event = tuple(input_shape[1:])
+        self.log_scale = self.add_weight(name="log_scale", shape=event, initializer="zeros")
+        self.shift = self.add_weight(name="shift", shape=event, initializer="zeros")
+
+    def initialize(self, x, eps: float = 1e-6):
+        """Set shift and scale from a batch ``x`` (N, ...): zero mean, unit variance per entry."""
+        x = np.asarray(ops.convert_to_numpy(x), dtype="float64")
+        self.shift.assign((-x.mean(0)).astype("float32"))
+        self.log_scale.assign((-np.log(x.std(0) + eps)).astype("float32"))
+
+    def forward(self, x):
+        return (x + self.shift) * ops.exp(self.log_scale), ops.zeros((ops.shape(x)[0],)) + ops.sum(self.log_scale)
+
+    def inverse(self, y):
+        return y * ops.exp(-self.log_scale) - self.shift, ops.zeros((ops.shape(y)[0],)) - ops.sum(self.log_scale)
+
+    def call(self, x):
+        return self.forward(x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class RealNVP(keras.Model):
+    """RealNVP: a stack of affine couplings with a standard-normal latent.
+
+    **Vectors** (``event_shape=(D,)``): ``couplings_per_scale`` couplings whose checkerboard
+    masks alternate in parity; inputs are real vectors. ``num_scales`` must be 1.
+
+    **Images** (``event_shape=(H, W, C)``): integer pixels are dequantised (``UniformDequantize``),
+    sent through ``LogitTransform`` and an ``ElementwiseAffine`` (set from data by ``initialize``);
+    then, at each of ``num_scales`` scales, ``couplings_per_scale`` checkerboard couplings; on every
+    scale but the last, a ``Squeeze``, ``couplings_per_scale`` channel couplings, and half of the
+    channels factored out to the latent (they skip the rest of the flow). H and W must be divisible
+    by 2^(num_scales - 1).
+
+    Args:
+        event_shape: (D,) or (H, W, C).
+        num_scales: scales of the multi-scale architecture (images).
+        couplings_per_scale: couplings in each group (vectors: in total).
+        hidden: width of every coupling network (units or filters).
+        num_hidden: hidden layers of every coupling network.
+        levels: intensity levels of integer images.
+        alpha: margin of the logit transform.
+        seed: seed of the dequantisation noise.
+
+    ``call`` returns ``(z, log_det)``: z (batch, D) flat, with the log-determinant of the map from
+    continuous data (dequantised images in [0, 1]) to z. ``fit`` minimises the NLL per dimension
+    and reports ``bits_per_dim`` (images, the bound on the discrete data) or ``nll`` (vectors, nats).
+    """
+
+    def __init__(self, event_shape, num_scales: int = 2, couplings_per_scale: int = 3, hidden: int = 64,
+                 num_hidden: int = 2, levels: int = 256, alpha: float = 0.05, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.event_shape = _event_shape(event_shape, "RealNVP")
+        if not isinstance(num_scales, (int, np.integer)) or num_scales < 1 \
+                or not isinstance(couplings_per_scale, (int, np.integer)) or couplings_per_scale < 1:
+            raise ValueError(f"num_scales and couplings_per_scale must be positive ints, got {num_scales!r}, "
+                             f"{couplings_per_scale!r}.")
+        self.is_image = len(self.event_shape) == 3
+        if not self.is_image and num_scales != 1:
+            raise ValueError(f"a vector flow has one scale; got num_scales={num_scales}.")
+        if self.is_image:
+            factor = 2 ** (num_scales - 1)
+            if self.event_shape[0] % factor or self.event_shape[1] % factor:
+                raise ValueError(f"{num_scales} scales squeeze {num_scales - 1} times: H and W must be divisible by "
+                                 f"{factor}, got image shape {self.event_shape}.")
+        self.num_scales, self.couplings_per_scale = int(num_scales), int(couplings_per_scale)
+        self.hidden, self.num_hidden, self.levels, self.alpha, self.seed = \
+            int(hidden), int(num_hidden), int(levels), float(alpha), seed
+        self.num_dims = int(np.prod(self.event_shape))
+
+        def group(mask_type, tag):
+            return [AffineCoupling(mask_type, i % 2, self.hidden, self.num_hidden, name=f"{tag}_{i}")
+                    for i in range(self.couplings_per_scale)]
+
+        self.flow_layers, self.factor_after = [], []  # factor out after these layer indices
+        if self.is_image:
+            self.dequantize = UniformDequantize(self.levels, seed=seed, name="dequantize")
+            self.logit = LogitTransform(self.alpha, name="logit")
+            self.normalize = ElementwiseAffine(name="normalize")
+            for scale in range(self.num_scales):
+                self.flow_layers += group("checkerboard", f"s{scale}_checker")
+                if scale < self.num_scales - 1:
+                    self.flow_layers += [Squeeze(name=f"s{scale}_squeeze")] + group("channel", f"s{scale}_channel")
+                    self.factor_after.append(len(self.flow_layers) - 1)
+        else:
+            self.flow_layers = group("checkerboard", "coupling")
+        self.tracker = keras.metrics.Mean(name="bits_per_dim" if self.is_image else "nll")
+
+    def build(self, input_shape=None):
+        shape, self.part_shapes = (None, *self.event_shape), []
+        if self.is_image:
+            self.normalize.build(shape)
+        for i, layer in enumerate(self.flow_layers):
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape) if isinstance(layer, Squeeze) else shape
+            if i in self.factor_after:
+                self.part_shapes.append((*shape[1:-1], shape[-1] // 2))
+                shape = (*shape[:-1], shape[-1] - shape[-1] // 2)
+        self.part_shapes.append(tuple(shape[1:]))
+        self.built = True
+
+    # -- the flow -------------------------------------------------------------------------------
+
+    def forward(self, x, return_steps: bool = False):
+        """Continuous data to latent: ``(z, log_det)``, z (batch, D); images take x in [0, 1].
+
+        With ``return_steps``, also the list of values after each layer (the first is the input, or the
+        normalised logits for images), before any factoring out: to watch points move (2-D flows).
+        """
+        x = ops.convert_to_tensor(x, "float32")
+        self._check_shape(x)
+        if self.is_image:
+            h, log_det = self.logit.forward(x)
+            h, ld = self.normalize.forward(h)
+            log_det = log_det + ld
+        else:
+            h, log_det = x, ops.zeros((ops.shape(x)[0],))
+        parts, steps = [], [h]
+        for i, layer in enumerate(self.flow_layers):
+            h, ld = layer.forward(h)
+            log_det = log_det + ld
+            steps.append(h)
+            if i in self.factor_after:
+                # Half the channels leave the flow here: modelled as latent, no further computation.
+                c = h.shape[-1] // 2
+                parts.append(ops.reshape(h[..., :c], (ops.shape(h)[0], -1)))
+                h = h[..., c:]
+        parts.append(ops.reshape(h, (ops.shape(h)[0], -1)))
+        z = ops.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        return (z, log_det, steps) if return_steps else (z, log_det)
+
+    def inverse(self, z):
+        """Latent to data: ``(x, log_det)`` with log_det of the inverse map; z (batch, D)."""
+        z = ops.convert_to_tensor(z, "float32")
+        if len(z.shape) != 2 or z.shape[1] != self.num_dims:
+            raise ValueError(f"z must have shape (batch, {self.num_dims}), got {tuple(z.shape)}.")
+        sizes = [int(np.prod(s)) for s in self.part_shapes]
+        parts = ops.split(z, np.cumsum(sizes)[:-1].tolist(), axis=1) if len(sizes) > 1 else [z]
+        parts = [ops.reshape(p, (-1, *s)) for p, s in zip(parts, self.part_shapes)]
+        h, log_det, factored = parts[-1], ops.zeros((ops.shape(z)[0],)), parts[:-1]
+        for i in reversed(range(len(self.flow_layers))):
+            if i in self.factor_after:
+                h = ops.concatenate([factored.pop(), h], axis=-1)
+            h, ld = self.flow_layers[i].inverse(h)
+            log_det = log_det + ld
+        if self.is_image:
+            h, ld = self.normalize.inverse(h)
+            h, ld2 = self.logit.inverse(h)
+            log_det = log_det + ld + ld2
+        return h, log_det
+
+    def initialize(self, q):
+        """Data-dependent start (images): set ``normalize`` so that the logits of a batch ``q`` of
+        integer images are standardised per pixel. Call once, before training."""
+        if not self.is_image:
+            raise ValueError("initialize is for image flows.")
+        self._check_shape(ops.convert_to_tensor(np.asarray(q[:1]), "float32"))
+        if not self.built:
+            self.build()
+        self.normalize.initialize(self.logit.forward(self.dequantize(q))[0])
+
+    def call(self, inputs, training=False):
+        x = self.dequantize(inputs) if self.is_image else inputs
+        return self.forward(x)
+
+    def _check_shape(self, x):
+        if tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(f"expected inputs (batch, {', '.join(map(str, self.event_shape))}), "
+                             f"got shape {tuple(x.shape)}.")
+
+    # -- likelihood -------------------------------------------------------------------------------
+
+    def log_prob_from_latent(self, z, log_det):
+        """``log N(z; 0, I) + log_det`` in nats, per example (batch,)."""
+        return -0.5 * ops.sum(z**2, axis=1) - 0.5 * self.num_dims * LOG_2PI + log_det
+
+    def log_prob(self, x, batch_size: int = 512) -> np.ndarray:
+        """Log density of continuous data (vectors, or images in [0, 1]) in nats, shape (N,)."""
+        out = []
+        for i in range(0, len(x), batch_size):
+            z, log_det = self.forward(x[i: i + batch_size])
+            out.append(ops.convert_to_numpy(self.log_prob_from_latent(z, log_det)))
+        return np.concatenate(out).astype("float64")
+
+    def discrete_nll(self, q, batch_size: int = 512) -> np.ndarray:
+        """Upper bound on ``-log P(q)`` in nats for integer images, one dequantisation draw each, shape (N,).
+
+        ``-log P(q) <= E_u[-log p(y)] - D log((1 - margin) / levels)``: the density of the
+        dequantised ``y`` plus the log-determinant of ``u -> y``. This is a discrete NLL, so
+        ``metrics.bits_per_dim(nll, D)`` (no ``levels``) turns it into bits per dimension.
+        """
+        if not self.is_image:
+            raise ValueError("discrete_nll is for image flows over integer pixels.")
+        q = np.asarray(q)
+        if q.size and (q.min() < 0 or q.max() >= self.levels):
+            raise ValueError(f"pixels must be integers in [0, {self.levels - 1}], got [{q.min()}, {q.max()}].")
+        log_p_y = np.concatenate([self.log_prob(ops.convert_to_numpy(self.dequantize(q[i: i + batch_size])))
+                                  for i in range(0, len(q), batch_size)])
+        return -log_p_y - self.num_dims * self.dequantize.log_det_per_dim
+
+    def bits_per_dim(self, q, batch_size: int = 512) -> float:
+        """Mean bound on -log2 P(q) per pixel: comparable with ``baselines.PixelCategorical.bits_per_dim``."""
+        return float(np.mean(metrics.bits_per_dim(self.discrete_nll(q, batch_size), self.num_dims)))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        z, log_det = y_pred
+        nll = -ops.mean(self.log_prob_from_latent(z, log_det)) / self.num_dims  # nats per dimension
+        if self.is_image:
+            # The same bound as discrete_nll, per dimension, in bits (metrics.bits_per_dim's convention).
+            self.tracker.update_state((nll - self.dequantize.log_det_per_dim) / math.log(2.0))
+        else:
+            self.tracker.update_state(nll * self.num_dims)
+        return nll
+
+    @property
+    def metrics(self):
+        return [self.tracker]
+
+    # -- sampling ---------------------------------------------------------------------------------
+
+    def sample(self, n: int, temperature: float = 1.0, seed=None, z=None) -> np.ndarray:
+        """Draw ``n`` examples: ``z ~ N(0, T^2 I)`` through the inverse flow.
+
+        Args:
+            n: number of samples (ignored when ``z`` is given).
+            temperature: standard deviation T of the latent; T < 1 trades variety for typicality.
+            seed: int or ``SeedGenerator`` for the latent.
+            z: optional latent (n, D) to decode instead.
+
+        Returns (n, *event_shape) float32; images are clipped to [0, 1].
+        """
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature!r}.")
+        if z is None:
+            if not isinstance(n, (int, np.integer)) or n < 1:
+                raise ValueError(f"n must be a positive int, got {n!r}.")
+            z = temperature * keras.random.normal((n, self.num_dims), seed=seed)
+        x = ops.convert_to_numpy(self.inverse(z)[0])
+        return np.clip(x, 0.0, 1.0) if self.is_image else x
+
+    def get_config(self):
+        return {**super().get_config(), "event_shape": self.event_shape, "num_scales": self.num_scales,
+                "couplings_per_scale": self.couplings_per_scale, "hidden": self.hidden,
+                "num_hidden": self.num_hidden, "levels": self.levels, "alpha": self.alpha, "seed": self.seed}
