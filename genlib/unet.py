@@ -1,0 +1,250 @@
+"""The noise predictor of the diffusion chapters: a small U-Net conditioned on the time step.
+
+* ``SinusoidalEmbedding``: the time step as a vector of sines and cosines.
+* ``ResBlock``: group norm, swish, convolution, twice, with the time (and label) embedding
+  added in between and a residual connection.
+* ``AttentionBlock``: self-attention over the pixels of a feature map (lowest resolution only).
+* ``UNet``: encoder levels, a bottleneck, decoder levels with skip connections; optional
+  class labels (with a null label for classifier-free guidance).
+
+Used by ``genlib.diffusion`` (and by any chapter that needs a denoiser).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    return int(value)
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class SinusoidalEmbedding(keras.layers.Layer):
+    """The transformer's position encoding applied to the time step.
+
+    ``emb(t) = [sin(t w_0), ..., sin(t w_{d/2-1}), cos(t w_0), ...]`` with geometric
+    frequencies ``w_k = max_period^(-k / (d/2))``: nearby steps get nearby vectors, and the
+    network can read both coarse and fine time.
+
+    Args:
+        dim: even embedding size.
+        max_period: the slowest wavelength.
+
+    Shapes: (batch,) -> (batch, dim).
+    """
+
+    def __init__(self, dim: int, max_period: float = 10000.0, **kwargs):
+        super().__init__(**kwargs)
+        if _check_positive_int("dim", dim) % 2:
+            raise ValueError(f"dim must be even (half sines, half cosines), got {dim}.")
+        self.dim, self.max_period = int(dim), float(max_period)
+
+    def call(self, t):
+        half = self.dim // 2
+        freqs = np.exp(-math.log(self.max_period) * np.arange(half) / half).astype("float32")
+        angles = ops.cast(ops.reshape(t, (-1, 1)), "float32") * freqs
+        return ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
+
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "max_period": self.max_period}
+
+
+def _check_groups(channels, groups):
+    if channels % groups:
+        raise ValueError(f"group norm needs channels divisible by groups, got {channels} channels and "
+                         f"{groups} groups.")
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class ResBlock(keras.layers.Layer):
+    """Residual block with time conditioning: GN → swish → conv → + dense(emb) → GN → swish → conv, + skip.
+
+    The embedding is added as a per-channel bias after the first convolution, so every
+    block knows how noisy its input is. The skip is a 1×1 convolution when channels change.
+
+    Args:
+        filters: output channels.
+        groups: groups of the group normalisations (must divide the channel counts).
+
+    Shapes: x (batch, H, W, C), emb (batch, E) -> (batch, H, W, filters).
+    """
+
+    def __init__(self, filters: int, groups: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.groups = _check_positive_int("filters", filters), _check_positive_int("groups", groups)
+        _check_groups(self.filters, self.groups)
+        self.norm1 = keras.layers.GroupNormalization(self.groups, name="norm1")
+        self.conv1 = keras.layers.Conv2D(self.filters, 3, padding="same", name="conv1")
+        self.emb_proj = keras.layers.Dense(self.filters, name="emb_proj")
+        self.norm2 = keras.layers.GroupNormalization(self.groups, name="norm2")
+        # Zero init: each block starts as the identity (through the skip), which steadies early training.
+        self.conv2 = keras.layers.Conv2D(self.filters, 3, padding="same", kernel_initializer="zeros", name="conv2")
+        self.skip = None
+
+    def build(self, x_shape, emb_shape):
+        channels = x_shape[-1]
+        _check_groups(channels, self.groups)
+        out = (*x_shape[:-1], self.filters)
+        self.norm1.build(x_shape)
+        self.conv1.build(x_shape)
+        self.emb_proj.build(emb_shape)
+        self.norm2.build(out)
+        self.conv2.build(out)
+        if channels != self.filters:
+            self.skip = keras.layers.Conv2D(self.filters, 1, name="skip")
+            self.skip.build(x_shape)
+
+    def call(self, x, emb):
+        h = self.conv1(ops.silu(self.norm1(x)))
+        h = h + ops.reshape(self.emb_proj(ops.silu(emb)), (-1, 1, 1, self.filters))
+        h = self.conv2(ops.silu(self.norm2(h)))
+        return h + (self.skip(x) if self.skip is not None else x)
+
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "groups": self.groups}
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class AttentionBlock(keras.layers.Layer):
+    """Self-attention over all pixels of a feature map, with a residual connection.
+
+    Used at the lowest resolution only: its cost grows with (H W)^2, and there few pixels
+    must exchange information across the whole image.
+
+    Args:
+        num_heads: attention heads (must divide the channels).
+        groups: groups of the group normalisation.
+
+    Shapes: (batch, H, W, C) -> (batch, H, W, C).
+    """
+
+    def __init__(self, num_heads: int = 1, groups: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.groups = _check_positive_int("num_heads", num_heads), _check_positive_int("groups", groups)
+        self.norm = keras.layers.GroupNormalization(self.groups, name="norm")
+        self.attention = None
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        _check_groups(channels, self.groups)
+        if channels % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide the channels ({channels}).")
+        self.attention = keras.layers.MultiHeadAttention(self.num_heads, channels // self.num_heads, name="mha")
+        self.norm.build(input_shape)
+        seq = (input_shape[0], None, channels)
+        self.attention.build(seq, seq)
+
+    def call(self, x):
+        b, h, w, c = ops.shape(x)
+        seq = ops.reshape(self.norm(x), (b, h * w, c))
+        return x + ops.reshape(self.attention(seq, seq), (b, h, w, c))
+
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "groups": self.groups}
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class UNet(keras.layers.Layer):
+    """The noise predictor ``eps_theta(x_t, t[, label])``: a U-Net of residual blocks.
+
+    Down path: a 3×3 stem, then per level ``blocks_per_level`` ResBlocks and a stride-2
+    convolution (except at the last level). Middle: ResBlock, self-attention (optional),
+    ResBlock. Up path: per level ``blocks_per_level + 1`` ResBlocks, each reading the matching
+    down-path activation (concatenated skip), then nearest upsampling + 3×3 convolution.
+    The time step enters every ResBlock through a sinusoidal embedding and a 2-layer MLP;
+    a class label, if any, adds a learned embedding to it. Label ``num_classes`` is the
+    *null label* ("no class") used for classifier-free guidance.
+
+    Args:
+        widths: channels per resolution level, e.g. (32, 64); len(widths) - 1 halvings, so the
+            image side must be divisible by 2^(len(widths) - 1).
+        blocks_per_level: ResBlocks per level on the way down.
+        attention: self-attention at the lowest resolution.
+        num_classes: number of classes for conditioning, or None (unconditional).
+        image_channels: channels of the images (and of the predicted noise).
+        groups: group-norm groups (must divide every width).
+
+    Shapes: x_t (batch, H, W, image_channels), t (batch,) int, labels (batch,) int or None
+    -> (batch, H, W, image_channels).
+    """
+
+    def __init__(self, widths=(32, 64), blocks_per_level: int = 1, attention: bool = True,
+                 num_classes: int | None = None, image_channels: int = 1, groups: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        widths = tuple(int(_check_positive_int("widths entry", w)) for w in widths)
+        if not widths:
+            raise ValueError("widths must name at least one level, got ().")
+        for w in widths:
+            _check_groups(w, groups)
+        self.widths, self.blocks_per_level = widths, _check_positive_int("blocks_per_level", blocks_per_level)
+        self.attention, self.groups = bool(attention), int(groups)
+        self.num_classes = None if num_classes is None else _check_positive_int("num_classes", num_classes)
+        self.image_channels = _check_positive_int("image_channels", image_channels)
+        emb = 4 * widths[0]
+        self.time_embedding = SinusoidalEmbedding(widths[0], name="time_embedding")
+        self.time_mlp = [keras.layers.Dense(emb, activation="silu", name="time_mlp_0"),
+                         keras.layers.Dense(emb, name="time_mlp_1")]
+        self.label_embedding = (None if self.num_classes is None else
+                                keras.layers.Embedding(self.num_classes + 1, emb, name="label_embedding"))
+        self.stem = keras.layers.Conv2D(widths[0], 3, padding="same", name="stem")
+        self.down, self.up = [], []
+        for i, w in enumerate(widths):
+            self.down += [ResBlock(w, groups, name=f"down{i}_{j}") for j in range(self.blocks_per_level)]
+            if i < len(widths) - 1:
+                self.down.append(keras.layers.Conv2D(w, 3, strides=2, padding="same", name=f"downsample{i}"))
+        self.mid = [ResBlock(widths[-1], groups, name="mid_0"),
+                    AttentionBlock(1, groups, name="mid_attention") if self.attention else None,
+                    ResBlock(widths[-1], groups, name="mid_1")]
+        for i in reversed(range(len(widths))):
+            self.up += [ResBlock(widths[i], groups, name=f"up{i}_{j}") for j in range(self.blocks_per_level + 1)]
+            if i > 0:
+                self.up += [keras.layers.UpSampling2D(2, name=f"upsample{i}"),
+                            keras.layers.Conv2D(widths[i - 1], 3, padding="same", name=f"upconv{i}")]
+        self.out_norm = keras.layers.GroupNormalization(groups, name="out_norm")
+        # Zero init: the untrained net predicts eps = 0, the trivial predictor, and improves from there.
+        self.out_conv = keras.layers.Conv2D(self.image_channels, 3, padding="same", kernel_initializer="zeros",
+                                            name="out_conv")
+
+    def build(self, x_shape, t_shape=None, labels_shape=None):
+        b, h, w, c = x_shape
+        factor = 2 ** (len(self.widths) - 1)
+        if h is None or w is None or h % factor or w % factor or c != self.image_channels:
+            raise ValueError(f"UNet with {len(self.widths)} levels needs images (batch, H, W, {self.image_channels}) "
+                             f"with H and W divisible by {factor}, got {x_shape}.")
+        # One symbolic pass builds every sublayer with the shapes it will see.
+        labels = None if self.label_embedding is None else keras.KerasTensor((b,), dtype="int32")
+        self.call(keras.KerasTensor(x_shape), keras.KerasTensor((b,), dtype="int32"), labels)
+
+    def call(self, x, t, labels=None):
+        emb = self.time_mlp[1](self.time_mlp[0](self.time_embedding(t)))
+        if self.label_embedding is not None:
+            if labels is None:  # no label given: the null label, i.e. the unconditional model
+                labels = ops.full((ops.shape(x)[0],), self.num_classes, dtype="int32")
+            emb = emb + self.label_embedding(ops.cast(labels, "int32"))
+        h = self.stem(x)
+        skips = [h]
+        for layer in self.down:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            skips.append(h)
+        for layer in self.mid:
+            if layer is not None:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        for layer in self.up:
+            h = layer(ops.concatenate([h, skips.pop()], axis=-1), emb) if isinstance(layer, ResBlock) else layer(h)
+        return self.out_conv(ops.silu(self.out_norm(h)))
+
+
+    def get_config(self):
+        return {**super().get_config(), "widths": list(self.widths), "blocks_per_level": self.blocks_per_level,
+                "attention": self.attention, "num_classes": self.num_classes,
+                "image_channels": self.image_channels, "groups": self.groups}
