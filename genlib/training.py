@@ -85,9 +85,12 @@ def fit_or_load(model: keras.Model, name: str, *fit_args, **fit_kwargs) -> dict:
     """
     if not model.built:
         raise ValueError("build the model before fit_or_load (call it once on a batch).")
-    stem = checkpoint_dir() / f"{name}-{profiles.active()}"
-    weights, history_path, backup = (stem.with_suffix(".weights.h5"), stem.with_suffix(".history.json"),
-                                     stem.with_suffix(".backup"))
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+        raise ValueError(f"name must be a non-empty file name without slashes, got {name!r}.")
+    # Suffixes are appended as text: Path.with_suffix would cut a name at its last dot ("lr0.3").
+    stem = f"{name}-{profiles.active()}"
+    weights, history_path, backup = (checkpoint_dir() / f"{stem}.weights.h5", checkpoint_dir() / f"{stem}.history.json",
+                                     checkpoint_dir() / f"{stem}.backup")
     if weights.exists() and history_path.exists():
         model.load_weights(weights)
         return json.loads(history_path.read_text())

@@ -28,6 +28,17 @@ def test_fit_or_load_trains_once_then_loads(tmp_path, monkeypatch):
     np.testing.assert_allclose(second.predict(x, verbose=0), first.predict(x, verbose=0))
 
 
+def test_fit_or_load_keeps_dots_in_names_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENLIB_CACHE", str(tmp_path))
+    x, y = np.zeros((8, 3), "float32"), np.zeros((8, 1), "float32")
+    training.fit_or_load(small_model(), "run-lr0.3", x, y, epochs=1, verbose=0)
+    training.fit_or_load(small_model(), "run-lr0.1", x, y, epochs=1, verbose=0)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.weights.h5"))
+    assert len(names) == 2 and all("lr0." in n for n in names), names
+    with pytest.raises(ValueError, match="slashes"):
+        training.fit_or_load(small_model(), "a/b", x, y, epochs=1, verbose=0)
+
+
 def test_fit_or_load_needs_a_built_model():
     model = keras.Sequential([keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="build"):
