@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 if [ -z "${GENLIB_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
   export GENLIB_DATA_DIR="$(cd ../shared/data && pwd)"
 fi
-export TF_CPP_MIN_LOG_LEVEL=2 MPLBACKEND=Agg
+# No MPLBACKEND here: the kernels must use the inline backend, or no figure reaches the page.
+export TF_CPP_MIN_LOG_LEVEL=2
+unset MPLBACKEND
 python -m pip install -q --upgrade pip
 python -m pip install -q -r requirements.txt -e .
 jupyter-book build . -W -n --keep-going

@@ -64,3 +64,9 @@ def test_chapter_lists_its_references(path):
     assert "{cite}" in markdown, "the chapter cites nothing"
     assert re.search(r"```\{bibliography\}\n:filter: docname in docnames\n```", markdown), \
         "no {bibliography} with ':filter: docname in docnames' (put it under '## References')"
+
+
+def test_book_build_keeps_the_inline_backend():
+    # With MPLBACKEND=Agg the executed chapters produce no image outputs: the book has no figures.
+    script = (ROOT / "book" / "build.sh").read_text()
+    assert "MPLBACKEND=" not in script and "unset MPLBACKEND" in script
