@@ -1,4 +1,4 @@
-"""Data for every chapter: Fashion-MNIST (images) and Tiny Shakespeare (text).
+"""Data for every chapter: Fashion-MNIST (images), Tiny Shakespeare (text), captioned Fashion-MNIST.
 
 Fashion-MNIST is found, in this order, in ``$GENLIB_DATA_DIR/fashion-mnist/``, in
 ``/usr/share/datasets/fashion-mnist/`` (Debian package ``dataset-fashion-mnist``), in
@@ -344,3 +344,177 @@ def tiny_shakespeare(val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray,
     ids = vocab.encode(text)
     cut = int(len(ids) * (1.0 - val_fraction))
     return ids[:cut], ids[cut:], vocab
+
+
+# ---------------------------------------------------------------------------
+# Captioned Fashion-MNIST (the multimodal chapter)
+
+CAPTION_CLASS_WORDS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                       "ankle boot")
+# Attribute values, in index order, each with several phrasings (the first is the plain one).
+TONE_WORDS = (("dark", "black", "deep"), ("light", "pale", "bright"))
+SIZE_WORDS = (("small", "slim", "narrow"), ("large", "wide", "big"))
+CAPTION_TEMPLATES = ("a photo of a {tone} {size} {cls}", "a {size} {tone} {cls}", "a {cls} that is {tone} and {size}",
+                     "this {cls} is {size} and {tone}")
+# Per-class medians of the two pixel statistics over the 60,000 training images, so that each
+# attribute splits every class in half: "dark" means darker than a typical item *of its class*.
+TONE_THRESHOLDS = (0.639, 0.695, 0.656, 0.688, 0.724, 0.517, 0.581, 0.585, 0.687, 0.702)
+SIZE_THRESHOLDS = (0.543, 0.318, 0.611, 0.390, 0.575, 0.245, 0.591, 0.283, 0.537, 0.430)
+FOREGROUND = 0.1  # a pixel above 10% of full intensity belongs to the garment
+# (class, tone, size) combinations never captioned in training: one per class.
+HELDOUT_COMBINATIONS = tuple((c, c % 2, (c // 2) % 2) for c in range(10))
+
+
+def pixel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(tone, size)`` of (N, 28, 28[, 1]) ``uint8`` images, each shaped (N,).
+
+    tone: mean intensity (in [0, 1]) of the foreground pixels; size: the fraction of the
+    image they cover. Foreground means above ``FOREGROUND`` of full intensity.
+    """
+    x = np.asarray(images)
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8:
+        raise ValueError(f"pixel_statistics expects uint8 images (N, 28, 28[, 1]), got {x.dtype} {x.shape}.")
+    x = x.astype("float32") / 255.0
+    fg = x > FOREGROUND
+    tone = (x * fg).sum((1, 2)) / np.maximum(fg.sum((1, 2)), 1)
+    return tone, fg.mean((1, 2))
+
+
+def caption_attributes(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Attributes measured from pixels: (N, 2) ``int32``.
+
+    Column 0 is the tone (0 dark, 1 light), column 1 the size (0 small, 1 large).
+
+    Thresholds are per-class medians (``TONE_THRESHOLDS``, ``SIZE_THRESHOLDS``).
+    """
+    labels = np.asarray(labels).astype("int64").ravel()
+    if len(labels) != len(images) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+        raise ValueError(f"need one label in 0..9 per image, got {len(labels)} labels for {len(images)} images.")
+    tone, size = pixel_statistics(images)
+    return np.stack([tone > np.asarray(TONE_THRESHOLDS)[labels], size > np.asarray(SIZE_THRESHOLDS)[labels]],
+                    axis=1).astype("int32")
+
+
+def make_captions(labels: np.ndarray, attributes: np.ndarray, seed: int = 0) -> list[str]:
+    """One caption per item: a random template filled with a random phrasing of each attribute.
+
+    Deterministic for a seed. ``labels`` (N,) in 0..9, ``attributes`` (N, 2) from ``caption_attributes``.
+    """
+    labels, attributes = np.asarray(labels).ravel(), np.asarray(attributes)
+    if attributes.shape != (len(labels), 2):
+        raise ValueError(f"attributes must be shaped (N, 2) = ({len(labels)}, 2), got {attributes.shape}.")
+    rng = np.random.default_rng(seed)
+    template, tone_pick, size_pick = (rng.integers(0, k, len(labels)) for k in (len(CAPTION_TEMPLATES), 3, 3))
+    return [CAPTION_TEMPLATES[t].format(cls=CAPTION_CLASS_WORDS[c], tone=TONE_WORDS[a[0]][i], size=SIZE_WORDS[a[1]][j])
+            for c, a, t, i, j in zip(labels, attributes, template, tone_pick, size_pick)]
+
+
+def parse_caption(caption: str) -> tuple[int, int, int]:
+    """``(class, tone, size)`` named by a caption of ``make_captions`` (-1 where the caption is silent)."""
+    text = f" {caption} "
+    cls = next((c for c, w in enumerate(CAPTION_CLASS_WORDS) if f" {w} " in text), -1)
+    words = set(caption.split())
+    tone = next((v for v, ws in enumerate(TONE_WORDS) if words & set(ws)), -1)
+    size = next((v for v, ws in enumerate(SIZE_WORDS) if words & set(ws)), -1)
+    return cls, tone, size
+
+
+class WordVocab:
+    """Word tokens for captions: id 0 pads, id 1 ends a caption (EOS), then the words.
+
+    Args:
+        words: the vocabulary (distinct, no spaces). ``WordVocab.captions()`` holds every
+            word the caption generator and the class prompts use.
+    """
+
+    PAD, EOS = 0, 1
+
+    def __init__(self, words):
+        words = list(words)
+        if len(set(words)) != len(words) or any(" " in w or not w for w in words):
+            raise ValueError("words must be distinct non-empty strings without spaces.")
+        self.words = words
+        self.index = {w: i + 2 for i, w in enumerate(words)}
+
+    @classmethod
+    def captions(cls) -> WordVocab:
+        attribute_words = tuple(w for ws in TONE_WORDS + SIZE_WORDS for w in ws)
+        text = " ".join(CAPTION_TEMPLATES + CAPTION_CLASS_WORDS + attribute_words)
+        text = text.replace("{cls}", " ").replace("{tone}", " ").replace("{size}", " ")
+        return cls(sorted(set(text.split())))
+
+    def __len__(self) -> int:
+        return len(self.words) + 2
+
+    def encode(self, captions, max_length: int = 12) -> np.ndarray:
+        """(N, max_length) ``int32``: word ids, then EOS, then padding. Unknown words are an error."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        out = np.zeros((len(captions), max_length), dtype="int32")
+        for n, caption in enumerate(captions):
+            words = caption.lower().split()
+            unknown = [w for w in words if w not in self.index]
+            if unknown:
+                raise ValueError(f"words not in the vocabulary: {unknown} (in {caption!r}).")
+            if len(words) + 1 > max_length:
+                raise ValueError(f"caption {caption!r} needs {len(words) + 1} tokens with EOS; "
+                                 f"max_length={max_length}.")
+            out[n, : len(words) + 1] = [self.index[w] for w in words] + [self.EOS]
+        return out
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in np.asarray(ids).ravel()]
+        return " ".join(self.words[i - 2] for i in ids if i >= 2)
+
+
+class CaptionedData(NamedTuple):
+    """Captioned Fashion-MNIST: images (N, S, S, 1), labels (N,), attributes (N, 2), captions (list of N str).
+
+    ``heldout_test`` (N_test,) marks test items whose (class, tone, size) combination never
+    occurs in training (``HELDOUT_COMBINATIONS``); ``vocab`` tokenises captions.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    attributes_train: np.ndarray
+    captions_train: list
+    x_test: np.ndarray
+    y_test: np.ndarray
+    attributes_test: np.ndarray
+    captions_test: list
+    heldout_test: np.ndarray
+    vocab: WordVocab
+
+
+def _combination_mask(labels, attributes, combinations) -> np.ndarray:
+    key = labels * 4 + attributes[:, 0] * 2 + attributes[:, 1]
+    held = [c * 4 + t * 2 + s for c, t, s in combinations]
+    return np.isin(key, held)
+
+
+def captioned_fashion_mnist(size: int = 28, value_range: tuple[float, float] = (0.0, 1.0), n_train: int | None = None,
+                            n_test: int | None = None, seed: int = 0,
+                            heldout=HELDOUT_COMBINATIONS) -> CaptionedData:
+    """Fashion-MNIST with a caption per image, generated from its label and its measured attributes.
+
+    Attributes come from the 28×28 pixels before resizing (``caption_attributes``). Training
+    items with a held-out combination are dropped, so ``len(x_train)`` is about 3/4 of
+    ``n_train`` with the default one-in-four combinations held out per class.
+
+    Args:
+        size, value_range, n_train, n_test, seed: as in ``fashion_mnist`` (seed also picks the phrasings).
+        heldout: (class, tone, size) triples kept out of training.
+    """
+    (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
+    parts = []
+    for x, y, n, s in ((x_train, y_train, n_train, seed), (x_test, y_test, n_test, seed + 1)):
+        x, y = subset(x, y, n, seed=s)
+        y = y.astype("int32")
+        parts.append((x, y, caption_attributes(x, y)))
+    (xtr, ytr, atr), (xte, yte, ate) = parts
+    keep = ~_combination_mask(ytr, atr, heldout)
+    xtr, ytr, atr = xtr[keep], ytr[keep], atr[keep]
+    prepare = (lambda x: resize(scale(x[..., None], value_range), size))
+    return CaptionedData(prepare(xtr), ytr, atr, make_captions(ytr, atr, seed), prepare(xte), yte, ate,
+                         make_captions(yte, ate, seed + 1), _combination_mask(yte, ate, heldout), WordVocab.captions())

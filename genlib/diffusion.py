@@ -236,7 +236,9 @@ class DiffusionModel(keras.Model):
     ones: ``ema <- d ema + (1 - d) w`` with ``d = min(ema_decay, (1 + n) / (10 + n))`` at update
     n, so short runs are not dominated by the random initial weights. With ``num_classes``,
     labels are replaced by the null label with probability ``label_dropout``, so one network
-    learns both ``eps(x_t, t, y)`` and ``eps(x_t, t)`` (classifier-free guidance).
+    learns both ``eps(x_t, t, y)`` and ``eps(x_t, t)`` (classifier-free guidance). With
+    ``condition_dim`` instead, the "labels" are condition vectors (batch, condition_dim), e.g.
+    text embeddings, and the null condition is the zero vector.
 
     Args:
         image_shape: (H, W, C) of the images.
@@ -246,13 +248,15 @@ class DiffusionModel(keras.Model):
         ema_decay: the EMA's decay d (0 keeps no average: the EMA equals the weights).
         label_dropout: probability of training a labelled example as unconditional.
         seed: seed of the training noise.
+        condition_dim: size of condition vectors used in place of class labels, or None.
 
     Tracked metric: ``loss`` (the simple loss, per pixel).
     """
 
     def __init__(self, image_shape=(16, 16, 1), widths=(32, 64), blocks_per_level: int = 1, attention: bool = True,
                  num_classes: int | None = None, schedule: str = "cosine", timesteps: int = 1000,
-                 ema_decay: float = 0.999, label_dropout: float = 0.1, groups: int = 8, seed=None, **kwargs):
+                 ema_decay: float = 0.999, label_dropout: float = 0.1, groups: int = 8, seed=None,
+                 condition_dim: int | None = None, **kwargs):
         super().__init__(**kwargs)
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3:
@@ -264,11 +268,11 @@ class DiffusionModel(keras.Model):
         self.image_shape, self.ema_decay, self.label_dropout, self.seed = (image_shape, float(ema_decay),
                                                                            float(label_dropout), seed)
         net = dict(widths=tuple(widths), blocks_per_level=blocks_per_level, attention=attention,
-                   num_classes=num_classes, image_channels=image_shape[-1], groups=groups)
+                   num_classes=num_classes, image_channels=image_shape[-1], groups=groups, condition_dim=condition_dim)
         self.network = UNet(**net, name="network")
         self.ema_network = UNet(**net, name="ema_network")
         self.ema_network.trainable = False  # moved by update_ema, never by the optimizer
-        self.num_classes = self.network.num_classes
+        self.num_classes, self.condition_dim = self.network.num_classes, self.network.condition_dim
         self.noise_seed = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self._eps_fns = {}
@@ -293,8 +297,8 @@ class DiffusionModel(keras.Model):
         if tuple(x0.shape[1:]) != self.image_shape:
             raise ValueError(f"expected images of shape (batch, {', '.join(map(str, self.image_shape))}), "
                              f"got {tuple(x0.shape)}.")
-        if labels is not None and self.num_classes is None:
-            raise ValueError("labels given, but the model was built without num_classes.")
+        if labels is not None and self.num_classes is None and self.condition_dim is None:
+            raise ValueError("labels given, but the model was built without num_classes or condition_dim.")
         return x0, labels
 
     def call(self, inputs, training=False):
@@ -309,7 +313,10 @@ class DiffusionModel(keras.Model):
         x_t = q_sample(self.schedule, x0, t, eps)
         if labels is not None and training and self.label_dropout > 0:
             drop = keras.random.uniform((batch,), seed=self.noise_seed) < self.label_dropout
-            labels = ops.where(drop, self.num_classes, ops.cast(labels, "int32"))
+            if self.condition_dim is not None:
+                labels = ops.where(ops.expand_dims(drop, -1), 0.0, ops.cast(labels, "float32"))
+            else:
+                labels = ops.where(drop, self.num_classes, ops.cast(labels, "int32"))
         return self.network(x_t, t, labels), eps
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -345,20 +352,24 @@ class DiffusionModel(keras.Model):
         """``eps(x_t, t)`` with classifier-free guidance: ``eps(null) + w (eps(y) - eps(null))``.
 
         ``guidance`` w = 0 is the unconditional model, 1 the conditional one, w > 1 pushes samples
-        towards what distinguishes the class. Shapes: x_t (batch, H, W, C), t and labels (batch,).
+        towards what distinguishes the class. Shapes: x_t (batch, H, W, C), t and labels (batch,)
+        (labels (batch, condition_dim) for a vector-conditioned model).
         """
         net = self.ema_network if use_ema else self.network
         if labels is None:
             return net(x_t, t)
-        if self.num_classes is None:
-            raise ValueError("labels given, but the model was built without num_classes.")
+        if self.num_classes is None and self.condition_dim is None:
+            raise ValueError("labels given, but the model was built without num_classes or condition_dim.")
         if guidance == 0:
             return net(x_t, t)
         if guidance == 1:
             return net(x_t, t, labels)
-        null = ops.full(ops.shape(labels), self.num_classes, dtype="int32")
-        both = net(ops.concatenate([x_t, x_t]), ops.concatenate([t, t]),
-                   ops.concatenate([ops.cast(labels, "int32"), null]))
+        if self.condition_dim is not None:
+            labels = ops.cast(labels, "float32")
+            null = ops.zeros_like(labels)
+        else:
+            labels, null = ops.cast(labels, "int32"), ops.full(ops.shape(labels), self.num_classes, dtype="int32")
+        both = net(ops.concatenate([x_t, x_t]), ops.concatenate([t, t]), ops.concatenate([labels, null]))
         eps_c, eps_u = both[: ops.shape(x_t)[0]], both[ops.shape(x_t)[0]:]
         return eps_u + guidance * (eps_c - eps_u)
 
@@ -377,7 +388,8 @@ class DiffusionModel(keras.Model):
             steps: network calls for DDIM (ignored by DDPM, which takes all T).
             sampler: ``"ddim"`` or ``"ddpm"``.
             eta: DDIM's noise level (0: deterministic).
-            labels: (n,) class labels for a conditional model, or None (unconditional).
+            labels: (n,) class labels for a conditional model, (n, condition_dim) condition vectors
+                for a vector-conditioned one, or None (unconditional).
             guidance: classifier-free guidance weight (see ``predict_noise``).
             x_T: starting noise (n, H, W, C); drawn from ``seed`` when None.
             seed: int seed of the starting and step noise.
@@ -396,7 +408,12 @@ class DiffusionModel(keras.Model):
         if tuple(x_T.shape[1:]) != self.image_shape:
             raise ValueError(f"x_T must have shape (n, {', '.join(map(str, self.image_shape))}), got {x_T.shape}.")
         if labels is not None:
-            labels = np.asarray(labels, "int32").reshape(-1)
+            if self.condition_dim is not None:
+                labels = np.asarray(labels, "float32")
+                if labels.ndim != 2 or labels.shape[1] != self.condition_dim:
+                    raise ValueError(f"conditions must be shaped (n, {self.condition_dim}), got {labels.shape}.")
+            else:
+                labels = np.asarray(labels, "int32").reshape(-1)
             if len(labels) != len(x_T):
                 raise ValueError(f"{len(x_T)} images but {len(labels)} labels.")
         eps_model = lambda x, t, y: self.predict_noise(x, t, y, guidance, use_ema)  # noqa: E731
@@ -430,4 +447,5 @@ class DiffusionModel(keras.Model):
                 "blocks_per_level": self.network.blocks_per_level, "attention": self.network.attention,
                 "num_classes": self.num_classes, "schedule": self.schedule.name,
                 "timesteps": self.schedule.timesteps, "ema_decay": self.ema_decay,
-                "label_dropout": self.label_dropout, "groups": self.network.groups, "seed": self.seed}
+                "label_dropout": self.label_dropout, "groups": self.network.groups, "seed": self.seed,
+                "condition_dim": self.condition_dim}

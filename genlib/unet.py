@@ -5,7 +5,8 @@
   added in between and a residual connection.
 * ``AttentionBlock``: self-attention over the pixels of a feature map (lowest resolution only).
 * ``UNet``: encoder levels, a bottleneck, decoder levels with skip connections; optional
-  class labels (with a null label for classifier-free guidance).
+  class labels (with a null label for classifier-free guidance) or condition vectors
+  (``condition_dim``, e.g. text embeddings; the zero vector is their null).
 
 Used by ``genlib.diffusion`` (and by any chapter that needs a denoiser).
 """
@@ -163,7 +164,9 @@ class UNet(keras.layers.Layer):
     down-path activation (concatenated skip), then nearest upsampling + 3×3 convolution.
     The time step enters every ResBlock through a sinusoidal embedding and a 2-layer MLP;
     a class label, if any, adds a learned embedding to it. Label ``num_classes`` is the
-    *null label* ("no class") used for classifier-free guidance.
+    *null label* ("no class") used for classifier-free guidance. Alternatively a condition
+    *vector* (``condition_dim``, e.g. a text embedding) adds a linear projection of itself;
+    its null is the zero vector.
 
     Args:
         widths: channels per resolution level, e.g. (32, 64); len(widths) - 1 halvings, so the
@@ -171,15 +174,18 @@ class UNet(keras.layers.Layer):
         blocks_per_level: ResBlocks per level on the way down.
         attention: self-attention at the lowest resolution.
         num_classes: number of classes for conditioning, or None (unconditional).
+        condition_dim: size of a condition vector given in place of labels, or None
+            (exclusive with num_classes).
         image_channels: channels of the images (and of the predicted noise).
         groups: group-norm groups (must divide every width).
 
-    Shapes: x_t (batch, H, W, image_channels), t (batch,) int, labels (batch,) int or None
-    -> (batch, H, W, image_channels).
+    Shapes: x_t (batch, H, W, image_channels), t (batch,) int, labels (batch,) int, or
+    (batch, condition_dim) float with ``condition_dim``, or None -> (batch, H, W, image_channels).
     """
 
     def __init__(self, widths=(32, 64), blocks_per_level: int = 1, attention: bool = True,
-                 num_classes: int | None = None, image_channels: int = 1, groups: int = 8, **kwargs):
+                 num_classes: int | None = None, image_channels: int = 1, groups: int = 8,
+                 condition_dim: int | None = None, **kwargs):
         super().__init__(**kwargs)
         widths = tuple(int(_check_positive_int("widths entry", w)) for w in widths)
         if not widths:
@@ -190,12 +196,17 @@ class UNet(keras.layers.Layer):
         self.attention, self.groups = bool(attention), int(groups)
         self.num_classes = None if num_classes is None else _check_positive_int("num_classes", num_classes)
         self.image_channels = _check_positive_int("image_channels", image_channels)
+        self.condition_dim = None if condition_dim is None else _check_positive_int("condition_dim", condition_dim)
+        if self.num_classes is not None and self.condition_dim is not None:
+            raise ValueError(f"give num_classes or condition_dim, not both (got {num_classes} and {condition_dim}).")
         emb = 4 * widths[0]
         self.time_embedding = SinusoidalEmbedding(widths[0], name="time_embedding")
         self.time_mlp = [keras.layers.Dense(emb, activation="silu", name="time_mlp_0"),
                          keras.layers.Dense(emb, name="time_mlp_1")]
         self.label_embedding = (None if self.num_classes is None else
                                 keras.layers.Embedding(self.num_classes + 1, emb, name="label_embedding"))
+        self.condition_projection = (None if self.condition_dim is None else
+                                     keras.layers.Dense(emb, name="condition_projection"))
         self.stem = keras.layers.Conv2D(widths[0], 3, padding="same", name="stem")
         self.down, self.up = [], []
         for i, w in enumerate(widths):
@@ -223,6 +234,8 @@ class UNet(keras.layers.Layer):
                              f"with H and W divisible by {factor}, got {x_shape}.")
         # One symbolic pass builds every sublayer with the shapes it will see.
         labels = None if self.label_embedding is None else keras.KerasTensor((b,), dtype="int32")
+        if self.condition_projection is not None:
+            labels = keras.KerasTensor((b, self.condition_dim))
         self.call(keras.KerasTensor(x_shape), keras.KerasTensor((b,), dtype="int32"), labels)
 
     def call(self, x, t, labels=None):
@@ -231,6 +244,10 @@ class UNet(keras.layers.Layer):
             if labels is None:  # no label given: the null label, i.e. the unconditional model
                 labels = ops.full((ops.shape(x)[0],), self.num_classes, dtype="int32")
             emb = emb + self.label_embedding(ops.cast(labels, "int32"))
+        elif self.condition_projection is not None:
+            if labels is None:  # no condition: the zero vector, the null condition
+                labels = ops.zeros((ops.shape(x)[0], self.condition_dim))
+            emb = emb + self.condition_projection(ops.cast(labels, "float32"))
         h = self.stem(x)
         skips = [h]
         for layer in self.down:
@@ -247,4 +264,4 @@ class UNet(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "widths": list(self.widths), "blocks_per_level": self.blocks_per_level,
                 "attention": self.attention, "num_classes": self.num_classes,
-                "image_channels": self.image_channels, "groups": self.groups}
+                "image_channels": self.image_channels, "groups": self.groups, "condition_dim": self.condition_dim}

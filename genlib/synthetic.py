@@ -1,0 +1,599 @@
+"""Learning from generated data: dataset distillation, an evaluation protocol, multi-positive contrastive learning.
+
+Dataset distillation optimises a handful of synthetic images per class so that a network
+trained on them alone does as well as possible on real test data. Two objectives that
+avoid unrolling a whole training run:
+
+* **gradient matching** (Zhao et al. 2021): a fresh network's gradient on the synthetic
+  images of class ``c`` should point where its gradient on real images of class ``c``
+  points; ``gradient_matching_distance`` compares the two, layer by layer and output unit
+  by output unit, with ``1 - cos``;
+* **distribution matching** (Zhao & Bilen 2023): the mean embedding of the synthetic images
+  of class ``c`` under a randomly initialised network should equal that of the real ones;
+  ``distribution_matching_distance`` is the squared distance between the means, summed over
+  the layers used.
+
+The pieces:
+
+* ``build_convnet``: ConvNet-D, the small classifier of the distillation literature
+  (conv 3x3, instance norm, ReLU, average pooling, repeated D times; a linear head).
+* ``reinitialize``: draw fresh weights for a network in place (no rebuilding, no retracing).
+* ``SyntheticSet``: the synthetic images (a weight started from real images or noise) and labels.
+* ``distill_gradient_matching``, ``distill_distribution_matching``: the two distillation loops.
+* ``ClassifierEvaluator``: the evaluation protocol (fresh ConvNets trained on a set from
+  several seeds; real test accuracy, mean and standard deviation).
+* ``multi_positive_contrastive_loss`` and ``ContrastiveEncoder``: SynCLR / StableRep's loss
+  (all images generated from the same caption or class are positives of each other) and an
+  encoder trained with it by ``fit``; ``linear_probe`` scores its features.
+
+Keras 3 has no backend-agnostic gradient function, so the one place that needs autodiff
+outside ``fit`` (distillation differentiates *through* a gradient) is ``_value_and_grad``,
+written for TensorFlow, the backend the book ships.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+
+def _positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_labelled(x, y, num_classes):
+    x, y = np.asarray(x, "float32"), np.asarray(y).astype("int32").reshape(-1)
+    if x.ndim != 4:
+        raise ValueError(f"images must have shape (N, H, W, C), got {x.shape}.")
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} images but {len(y)} labels.")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{y.min()}, {y.max()}].")
+    return x, y
+
+
+# ---------------------------------------------------------------------------
+# The network and fresh random draws of it
+
+
+def build_convnet(image_shape=(16, 16, 1), num_classes: int = 10, width: int = 32, depth: int = 3,
+                  instance_norm: bool = True, name: str = "convnet") -> keras.Model:
+    """ConvNet-D: ``depth`` blocks of conv 3x3 (``width``) -> instance norm -> ReLU -> 2x2 average pool; linear head.
+
+    The standard network of dataset distillation (Gidaris & Komodakis 2018; Zhao et al. 2021
+    use D = 3, width 128). Instance norm (``GroupNormalization`` with one group per channel)
+    has no running statistics, so a network behaves the same on a batch of 10 synthetic
+    images as on 256 real ones.
+
+    Shapes: (batch, H, W, C) -> (batch, num_classes) logits. The layers ``block_{i}`` (the
+    pooled output of block i) and ``features`` (the flattened last block) give embeddings.
+    """
+    image_shape = tuple(int(s) for s in image_shape)
+    if len(image_shape) != 3 or min(image_shape[:2]) < 2 ** _positive_int("depth", depth):
+        raise ValueError(f"image_shape must be (H, W, C) with H, W >= 2**depth = {2 ** depth}, got {image_shape}.")
+    width, num_classes = _positive_int("width", width), _positive_int("num_classes", num_classes, 2)
+    x = keras.Input(image_shape, name="images")
+    h = x
+    for i in range(depth):
+        h = layers.Conv2D(width, 3, padding="same", name=f"conv_{i}")(h)
+        if instance_norm:
+            h = layers.GroupNormalization(groups=width, epsilon=1e-5, name=f"norm_{i}")(h)
+        h = layers.ReLU(name=f"relu_{i}")(h)
+        h = layers.AveragePooling2D(2, name=f"block_{i}")(h)
+    h = layers.Flatten(name="features")(h)
+    return keras.Model(x, layers.Dense(num_classes, name="logits")(h), name=name)
+
+
+def embedding_model(convnet: keras.Model, multi_layer: bool = False) -> keras.Model:
+    """The embedding a ConvNet-D gives: the last block flattened, or (``multi_layer``) every block.
+
+    Returns a model sharing ``convnet``'s weights: (batch, H, W, C) -> (batch, D) or a list
+    of (batch, H_i, W_i, width), one per block.
+    """
+    if multi_layer:
+        blocks = [layer.output for layer in convnet.layers if layer.name.startswith("block_")]
+        return keras.Model(convnet.input, blocks, name="block_embeddings")
+    return keras.Model(convnet.input, convnet.get_layer("features").output, name="embedding")
+
+
+def reinitialize(model: keras.Model, seed: int) -> None:
+    """Draw new weights for ``model`` in place, from each layer's own initialisers, seeded by ``seed``.
+
+    A fresh random network without building a new model: compiled functions that use the
+    model keep working and are not traced again.
+    """
+    for i, layer in enumerate(model.layers):
+        for attr in ("kernel", "bias", "gamma", "beta"):
+            weight = getattr(layer, attr, None)
+            init = getattr(layer, f"{attr}_initializer", None)
+            if weight is None or init is None or not hasattr(weight, "assign"):
+                continue
+            config = init.get_config()
+            if "seed" in config:  # seeded initialisers: one distinct stream per layer and weight
+                init = init.__class__.from_config({**config, "seed": int(seed) * 1009 + 17 * i + len(attr)})
+            weight.assign(init(weight.shape, dtype=weight.dtype))
+
+
+def _value_and_grad(fn, variables):
+    """``(fn(), d fn / d variables)``. The one backend-specific function of this module.
+
+    Keras 3 offers gradients only inside ``fit``; distillation needs them outside it, and
+    gradient matching differentiates through a gradient. TensorFlow's tapes nest: a call made
+    inside ``fn`` of an outer call is recorded by the outer tape, which gives the second
+    derivative. (On JAX this would be ``jax.value_and_grad``.)
+    """
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        for v in variables:  # plain tensors must be watched; variables are watched already
+            if not isinstance(v, keras.Variable):
+                tape.watch(v)
+        value = fn()
+    return value, tape.gradient(value, variables)
+
+
+def _compile(fn):
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn)
+    return fn
+
+
+# ---------------------------------------------------------------------------
+# Matching distances
+
+
+def gradient_matching_distance(real_grads, syn_grads):
+    """Zhao et al.'s layer-wise distance between two lists of gradients of the same weights.
+
+    Each weight's gradient is reshaped to (outputs, rest): one row per output unit (a conv
+    filter, a dense unit); the distance is the sum over rows of ``1 - cos(row_real, row_syn)``.
+    Vectors (biases, norm scales) are skipped, as in the paper. Zero when the gradients are
+    equal (up to a positive scale per row), at most 2 per row.
+    """
+    if len(real_grads) != len(syn_grads):
+        raise ValueError(f"need one gradient per weight in both lists, got {len(real_grads)} and {len(syn_grads)}.")
+    total = 0.0
+    for gr, gs in zip(real_grads, syn_grads):
+        if len(gr.shape) < 2:
+            continue
+        # Conv kernels are (kh, kw, in, out) and dense kernels (in, out): the output axis is last.
+        gr = ops.transpose(ops.reshape(gr, (-1, gr.shape[-1])))
+        gs = ops.transpose(ops.reshape(gs, (-1, gs.shape[-1])))
+        # A floor, not an added epsilon: small gradients would otherwise never reach distance 0.
+        cos = ops.sum(gr * gs, axis=1) / ops.maximum(ops.norm(gr, axis=1) * ops.norm(gs, axis=1), 1e-12)
+        total = total + ops.sum(1.0 - cos)
+    return total
+
+
+def distribution_matching_distance(real_embeddings, syn_embeddings):
+    """``sum_l || mean_i phi_l(real_i) - mean_j phi_l(syn_j) ||^2``: the squared distance of mean embeddings.
+
+    Each argument is one tensor (batch, ...) or a list of them (one per layer l); the batch
+    axis is averaged, the rest flattened. The two batches may have different sizes.
+    """
+    real = real_embeddings if isinstance(real_embeddings, (list, tuple)) else [real_embeddings]
+    syn = syn_embeddings if isinstance(syn_embeddings, (list, tuple)) else [syn_embeddings]
+    if len(real) != len(syn):
+        raise ValueError(f"need as many real as synthetic embeddings, got {len(real)} and {len(syn)}.")
+    total = 0.0
+    for r, s in zip(real, syn):
+        r = ops.mean(ops.reshape(r, (ops.shape(r)[0], -1)), axis=0)
+        s = ops.mean(ops.reshape(s, (ops.shape(s)[0], -1)), axis=0)
+        total = total + ops.sum(ops.square(r - s))
+    return total
+
+
+# ---------------------------------------------------------------------------
+# The synthetic set
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class SyntheticSet(keras.layers.Layer):
+    """A distilled dataset: ``images_per_class`` trainable images for each of ``num_classes`` classes.
+
+    Args:
+        image_shape: (H, W, C).
+        num_classes: number of classes; the labels are ``0, 0, ..., 1, 1, ...`` (class-major).
+        images_per_class: how many synthetic images each class gets (IPC), >= 1.
+        seed: seed of the noise initialisation.
+
+    The images are one weight of shape (num_classes * images_per_class, H, W, C), started
+    as Gaussian noise; ``initialize_from(x, y)`` replaces them by random real images of the
+    right classes. ``call(indices)`` looks images up: (batch,) int -> (batch, H, W, C).
+    """
+
+    def __init__(self, image_shape=(16, 16, 1), num_classes: int = 10, images_per_class: int = 1, seed=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        if len(self.image_shape) != 3:
+            raise ValueError(f"image_shape must be (H, W, C), got {image_shape}.")
+        self.num_classes = _positive_int("num_classes", num_classes, 2)
+        self.images_per_class = _positive_int("images_per_class", images_per_class)
+        self.seed = seed
+        self.images = self.add_weight(name="images", shape=(self.num_classes * self.images_per_class,
+                                                            *self.image_shape),
+                                      initializer=keras.initializers.RandomNormal(stddev=0.5, seed=seed))
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(num_classes * images_per_class,) int32 labels, class-major."""
+        return np.repeat(np.arange(self.num_classes, dtype="int32"), self.images_per_class)
+
+    def initialize_from(self, x, y, seed: int = 0) -> SyntheticSet:
+        """Start from ``images_per_class`` real images of each class, drawn at random with ``seed``."""
+        x, y = _check_labelled(x, y, self.num_classes)
+        if x.shape[1:] != self.image_shape:
+            raise ValueError(f"expected images of shape (N, {', '.join(map(str, self.image_shape))}), got {x.shape}.")
+        rng = np.random.default_rng(seed)
+        picks = []
+        for c in range(self.num_classes):
+            idx = np.flatnonzero(y == c)
+            if len(idx) < self.images_per_class:
+                raise ValueError(f"class {c} has {len(idx)} images, fewer than images_per_class="
+                                 f"{self.images_per_class}.")
+            picks.append(rng.choice(idx, self.images_per_class, replace=False))
+        self.images.assign(x[np.concatenate(picks)])
+        return self
+
+    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """The set as NumPy arrays (images, labels), ready for ``fit``."""
+        return ops.convert_to_numpy(self.images), self.labels
+
+    def call(self, indices):
+        return ops.take(self.images, ops.cast(indices, "int32"), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, *self.image_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "image_shape": list(self.image_shape), "num_classes": self.num_classes,
+                "images_per_class": self.images_per_class, "seed": self.seed}
+
+
+def _class_batches(y, num_classes, per_class):
+    """A function ``rng -> indices``: ``per_class`` random rows of each class, class-major."""
+    pools = [np.flatnonzero(y == c) for c in range(num_classes)]
+    if min(len(p) for p in pools) == 0:
+        raise ValueError("every class needs at least one real image.")
+    return lambda rng: np.concatenate([rng.choice(p, per_class, replace=len(p) < per_class) for p in pools])
+
+
+def _distill(step, synthetic, x_real, y_real, iterations, real_per_class, convnet, seed, progress, reinit=True):
+    """The loop both methods share: a fresh network and a class-balanced real batch per iteration."""
+    iterations = _positive_int("iterations", iterations)
+    real_per_class = _positive_int("real_per_class", real_per_class)
+    x_real, y_real = _check_labelled(x_real, y_real, synthetic.num_classes)
+    draw = _class_batches(y_real, synthetic.num_classes, real_per_class)
+    rng = np.random.default_rng(seed)
+    tracker = keras.metrics.Mean(name="matching_loss")
+    bar = keras.utils.Progbar(iterations, verbose=1 if progress else 0, stateful_metrics=["matching_loss"])
+    losses = []
+    for it in range(iterations):
+        if reinit:
+            reinitialize(convnet, seed=int(rng.integers(2**31)))
+        loss = float(step(ops.convert_to_tensor(x_real[draw(rng)])))
+        tracker.update_state(loss)
+        losses.append(loss)
+        bar.update(it + 1, values=[("matching_loss", loss)])
+    return {"loss": losses}
+
+
+_GM_FUNCTIONS = weakref.WeakKeyDictionary()  # convnet -> {network learning rate: compiled functions}
+
+
+def _gradient_matching_functions(convnet, network_learning_rate):
+    """The compiled per-class matching step and network update for ``convnet``, traced once and kept.
+
+    Tracing the second-order step costs seconds; keeping it per network means a second
+    distillation (or a measurement) with the same network reuses the graph.
+    """
+    cache = _GM_FUNCTIONS.setdefault(convnet, {})
+    if network_learning_rate in cache:
+        return cache[network_learning_rate]
+    weights = [w for w in convnet.trainable_weights if len(w.shape) >= 2]  # what the distance compares
+
+    def cross_entropy(images, labels):
+        logits = convnet(images, training=True)
+        return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+    def class_match(real_c, syn_c, c):
+        # D_c depends on class c's synthetic images only, so each class's share of the image
+        # gradient is computed on its own: one traced graph serves all classes.
+        labels_real = ops.full((ops.shape(real_c)[0],), c, dtype="int32")
+        labels_syn = ops.full((ops.shape(syn_c)[0],), c, dtype="int32")
+
+        def distance():
+            _, g_real = _value_and_grad(lambda: cross_entropy(real_c, labels_real), weights)
+            _, g_syn = _value_and_grad(lambda: cross_entropy(syn_c, labels_syn), weights)
+            return gradient_matching_distance([ops.stop_gradient(g) for g in g_real], g_syn)
+
+        loss, (grad,) = _value_and_grad(distance, [syn_c])
+        return loss, grad
+
+    def network_step(images, labels):
+        _, grads = _value_and_grad(lambda: cross_entropy(images, labels), convnet.trainable_weights)
+        for w, g in zip(convnet.trainable_weights, grads):
+            w.assign_sub(network_learning_rate * g)
+        return 0.0
+
+    cache[network_learning_rate] = (_compile(class_match), _compile(network_step))
+    return cache[network_learning_rate]
+
+
+def distill_gradient_matching(synthetic: SyntheticSet, x_real, y_real, iterations: int = 100,
+                              real_per_class: int = 64, learning_rate: float = 0.1, matches_per_network: int = 1,
+                              network_steps: int = 0, network_learning_rate: float = 0.01, convnet=None,
+                              clip=(-1.0, 1.0), seed: int = 0, progress: bool = False,
+                              redraw_network: bool = True) -> dict:
+    """Dataset condensation by gradient matching (Zhao, Mopuri & Bilen 2021).
+
+    Each iteration draws a fresh random ConvNet theta; then ``matches_per_network`` times:
+    for every class c, compute the cross-entropy gradients ``g_real_c`` (on ``real_per_class``
+    real images of c) and ``g_syn_c`` (on the synthetic images of c), take one SGD step
+    (momentum 0.5) on the synthetic images down ``sum_c D(g_real_c, g_syn_c)``, then train
+    theta on the synthetic set for ``network_steps`` SGD steps, so later matches happen
+    along a training trajectory (the paper's inner loop: 1 match and 0 steps at 1 image per
+    class, 10 matches and 50 steps at 10).
+
+    Args:
+        synthetic: the ``SyntheticSet`` to optimise (in place).
+        x_real, y_real: real images (N, H, W, C) and labels (N,).
+        convnet: the network to draw (default ``build_convnet`` for the image shape).
+        clip: keep the images in this range after each step (None: no clipping).
+        redraw_network: draw a fresh network every iteration (the method); False keeps the
+            network as it is, which turns the loop into plain minimisation of one loss.
+
+    Returns {"loss": [matching loss per iteration (its first match)]}.
+    """
+    convnet = convnet or build_convnet(synthetic.image_shape, synthetic.num_classes)
+    matches = _positive_int("matches_per_network", matches_per_network)
+    network_steps = _positive_int("network_steps", network_steps, 0)
+    optimizer = keras.optimizers.SGD(learning_rate, momentum=0.5)
+    optimizer.build([synthetic.images])
+    ncls, ipc = synthetic.num_classes, synthetic.images_per_class
+
+    class_match, network_step = _gradient_matching_functions(convnet, network_learning_rate)
+    labels = ops.convert_to_tensor(synthetic.labels)
+
+    def step(x_real):
+        real = ops.reshape(x_real, (ncls, -1, *synthetic.image_shape))
+        first = None
+        for m in range(matches):
+            syn = ops.reshape(ops.convert_to_tensor(synthetic.images), (ncls, ipc, *synthetic.image_shape))
+            results = [class_match(real[c], syn[c], ops.convert_to_tensor(c, "int32")) for c in range(ncls)]
+            grad = ops.concatenate([g for _, g in results], axis=0)
+            optimizer.apply([grad], [synthetic.images])
+            if clip is not None:
+                synthetic.images.assign(ops.clip(synthetic.images, clip[0], clip[1]))
+            first = sum(float(loss) for loss, _ in results) if first is None else first
+            if m + 1 < matches:  # after the last match the next iteration draws a new network anyway
+                images = ops.convert_to_tensor(synthetic.images)
+                for _ in range(network_steps):
+                    network_step(images, labels)
+        return first
+
+    return _distill(step, synthetic, x_real, y_real, iterations, real_per_class, convnet, seed, progress,
+                    redraw_network)
+
+
+def distill_distribution_matching(synthetic: SyntheticSet, x_real, y_real, iterations: int = 100,
+                                  real_per_class: int = 64, learning_rate: float = 1.0, multi_layer: bool = False,
+                                  convnet=None, clip=(-1.0, 1.0), seed: int = 0, progress: bool = False,
+                                  redraw_network: bool = True) -> dict:
+    """Dataset condensation by distribution matching (Zhao & Bilen 2023).
+
+    Each iteration draws a fresh random ConvNet (its embedding ``phi``: the last block, or
+    every block with ``multi_layer``) and takes one SGD step (momentum 0.5) on the synthetic
+    images down ``sum_c distribution_matching_distance(phi(real_c), phi(syn_c))``. No
+    network is trained and no second derivative is needed: far cheaper per step than
+    gradient matching.
+
+    Arguments as for ``distill_gradient_matching``. Returns {"loss": [per iteration]}.
+    """
+    convnet = convnet or build_convnet(synthetic.image_shape, synthetic.num_classes)
+    embed = embedding_model(convnet, multi_layer)
+    optimizer = keras.optimizers.SGD(learning_rate, momentum=0.5)
+    optimizer.build([synthetic.images])
+    ncls = synthetic.num_classes
+
+    def by_class(features):
+        features = features if isinstance(features, (list, tuple)) else [features]
+        return [ops.reshape(f, (ncls, -1, *f.shape[1:])) for f in features]
+
+    def step(x_real):
+        real = [ops.stop_gradient(f) for f in by_class(embed(x_real, training=True))]
+
+        def loss_fn():
+            syn = by_class(embed(synthetic.images, training=True))
+            return sum(distribution_matching_distance([r[c] for r in real], [s[c] for s in syn]) for c in range(ncls))
+
+        loss, (grad,) = _value_and_grad(loss_fn, [synthetic.images])
+        optimizer.apply([grad], [synthetic.images])
+        if clip is not None:
+            synthetic.images.assign(ops.clip(synthetic.images, clip[0], clip[1]))
+        return loss
+
+    return _distill(_compile(step), synthetic, x_real, y_real, iterations, real_per_class, convnet, seed, progress,
+                    redraw_network)
+
+
+# ---------------------------------------------------------------------------
+# The evaluation protocol
+
+
+class ClassifierEvaluator:
+    """Train a fresh ConvNet-D on a labelled set from several seeds; score it on real test data.
+
+    The protocol of the distillation papers, scaled down: a network drawn from ``seed`` is
+    trained from scratch for ``steps`` SGD steps (momentum 0.9, learning rate decayed
+    tenfold halfway) on the given set only, then its accuracy on the real test set is
+    measured. ``evaluate`` repeats it over seeds and reports mean and standard deviation.
+    One network is built and compiled once and re-drawn for every run (``reinitialize``), so
+    the runs share one traced training step.
+
+    Args:
+        x_test, y_test: the real test set (images in the range the sets use).
+        width, depth: the ConvNet-D (see ``build_convnet``).
+        steps: optimizer steps per run, whatever the set's size.
+        batch_size: the largest batch; a smaller set is used whole at each step.
+        learning_rate: the initial SGD learning rate.
+    """
+
+    def __init__(self, x_test, y_test, num_classes: int = 10, width: int = 32, depth: int = 3, steps: int = 300,
+                 batch_size: int = 256, learning_rate: float = 0.01):
+        self.x_test, self.y_test = _check_labelled(x_test, y_test, num_classes)
+        self.steps, self.batch_size = _positive_int("steps", steps), _positive_int("batch_size", batch_size)
+        self.model = build_convnet(self.x_test.shape[1:], num_classes, width, depth)
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay([self.steps // 2],
+                                                                      [learning_rate, learning_rate / 10])
+        self.model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
+                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+
+    def train(self, x, y, seed: int = 0) -> keras.Model:
+        """Train the network, re-drawn from ``seed``, on (x, y) alone; returns it."""
+        x, y = _check_labelled(x, y, self.model.output_shape[-1])
+        if len(x) == 0:
+            raise ValueError("cannot train on an empty set.")
+        if x.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(f"images of shape {x.shape[1:]} but the test images are {self.x_test.shape[1:]}.")
+        reinitialize(self.model, seed)
+        for v in self.model.optimizer.variables:  # fresh momentum and step counter (the schedule restarts)
+            v.assign(ops.zeros(v.shape, v.dtype))
+        batch = min(self.batch_size, len(x))
+        rng = np.random.default_rng(seed)
+        # One epoch over a seeded, repeated permutation: the same seed gives the same batches.
+        order = np.concatenate([rng.permutation(len(x)) for _ in range(-(-self.steps * batch // len(x)))])
+        order = order[: self.steps * batch]
+        self.model.fit(x[order], y[order], batch_size=batch, epochs=1, shuffle=False, verbose=0)
+        return self.model
+
+    def accuracy(self, x, y, seed: int = 0) -> float:
+        """Real test accuracy of a network trained on (x, y) from ``seed``."""
+        self.train(x, y, seed)
+        return float(self.model.evaluate(self.x_test, self.y_test, batch_size=1000, verbose=0)[1])
+
+    def evaluate(self, x, y, seeds=(0, 1, 2)) -> dict:
+        """{"mean", "std", "accuracies"} of the real test accuracy over ``seeds``."""
+        if len(seeds) == 0:
+            raise ValueError("give at least one seed.")
+        accs = [self.accuracy(x, y, s) for s in seeds]
+        return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accuracies": accs}
+
+
+# ---------------------------------------------------------------------------
+# Learning representations from generated images
+
+
+def multi_positive_contrastive_loss(embeddings, groups, temperature: float = 0.1):
+    """SynCLR / StableRep's multi-positive contrastive loss.
+
+    Embeddings are L2-normalised; for anchor i the model's distribution over the other
+    examples is ``q_ij = softmax_{j != i}(z_i . z_j / tau)``, the target ``p_ij`` is uniform
+    over the examples j != i of the same group (generated from the same caption, or class),
+    and the loss is the cross-entropy ``-sum_j p_ij log q_ij`` averaged over anchors that
+    have at least one positive. With exactly two examples per group it is InfoNCE (SimCLR's
+    NT-Xent).
+
+    Shapes: embeddings (batch, D), groups (batch,) int. Returns a scalar.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    z = embeddings / (ops.norm(embeddings, axis=-1, keepdims=True) + 1e-12)
+    n = ops.shape(z)[0]
+    eye = ops.eye(n, dtype=z.dtype)
+    logits = ops.matmul(z, ops.transpose(z)) / temperature - 1e9 * eye  # i is never its own candidate
+    groups = ops.reshape(groups, (-1,))
+    positives = ops.cast(ops.equal(groups[:, None], groups[None, :]), z.dtype) * (1.0 - eye)
+    count = ops.sum(positives, axis=1)
+    target = positives / ops.maximum(count, 1.0)[:, None]
+    per_anchor = -ops.sum(target * ops.log_softmax(logits, axis=1), axis=1)
+    has_positive = ops.cast(count > 0, z.dtype)
+    return ops.sum(per_anchor * has_positive) / ops.maximum(ops.sum(has_positive), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class ContrastiveEncoder(keras.Model):
+    """A ConvNet-D encoder with a projection head, trained by ``fit(images, groups)`` on the multi-positive loss.
+
+    Args:
+        image_shape: (H, W, C).
+        width, depth: the encoder (``build_convnet`` without its head); its flattened
+            last block is the representation.
+        projection_dim: size of the projection the loss sees (an MLP head, as in SimCLR: the
+            representation before it transfers better than the projection).
+        temperature: tau of the loss.
+
+    Shapes: ``call`` (batch, H, W, C) -> (batch, projection_dim); ``encode`` -> (batch, features).
+    Tracked metric: ``loss``.
+    """
+
+    def __init__(self, image_shape=(16, 16, 1), width: int = 32, depth: int = 3, projection_dim: int = 64,
+                 temperature: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.width, self.depth = width, depth
+        self.projection_dim = _positive_int("projection_dim", projection_dim)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        self.temperature = float(temperature)
+        self.encoder = embedding_model(build_convnet(self.image_shape, 2, width, depth, name="encoder"))
+        self.projection = keras.Sequential([layers.Dense(2 * self.projection_dim, activation="relu"),
+                                            layers.Dense(self.projection_dim)], name="projection")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def build(self, input_shape=None):
+        self.projection.build(self.encoder.output_shape)
+        self.built = True
+
+    def call(self, images, training=False):
+        return self.projection(self.encoder(images, training=training), training=training)
+
+    def encode(self, images, batch_size: int = 500) -> np.ndarray:
+        """The representation (before the projection head), as NumPy: (N, features)."""
+        return self.encoder.predict(np.asarray(images, "float32"), batch_size=batch_size, verbose=0)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if y is None:
+            raise ValueError("fit needs (images, groups): the group of each image defines its positives.")
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        loss = multi_positive_contrastive_loss(y_pred, y, self.temperature)
+        self.loss_tracker.update_state(loss)
+        return loss
+
+    def get_config(self):
+        return {**super().get_config(), "image_shape": list(self.image_shape), "width": self.width,
+                "depth": self.depth, "projection_dim": self.projection_dim, "temperature": self.temperature}
+
+
+def linear_probe(train_features, y_train, test_features, y_test, epochs: int = 20, learning_rate: float = 1e-2,
+                 seed: int = 0) -> float:
+    """Test accuracy of a softmax regression trained on frozen features: how linearly separable they are.
+
+    Features are standardised with the training statistics first. Shapes: (N, D) features, (N,) labels.
+    """
+    f_train, f_test = np.asarray(train_features, "float32"), np.asarray(test_features, "float32")
+    if f_train.ndim != 2 or f_test.ndim != 2 or f_train.shape[1] != f_test.shape[1]:
+        raise ValueError(f"features must be (N, D) with the same D, got {f_train.shape} and {f_test.shape}.")
+    mean, std = f_train.mean(0), f_train.std(0) + 1e-6
+    probe = keras.Sequential([keras.Input((f_train.shape[1],)),
+                              layers.Dense(int(np.max(y_train)) + 1,
+                                           kernel_initializer=keras.initializers.GlorotUniform(seed))])
+    probe.compile(optimizer=keras.optimizers.Adam(learning_rate), metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    order = np.random.default_rng(seed).permutation(len(f_train))
+    probe.fit((f_train - mean)[order] / std, np.asarray(y_train)[order], epochs=epochs, batch_size=128,
+              shuffle=False, verbose=0)
+    return float(probe.evaluate((f_test - mean) / std, y_test, batch_size=1000, verbose=0)[1])
