@@ -25,6 +25,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from genlib._util import compile_step as _compile
+
 MASK_TYPES = ("A", "B")
 
 
@@ -399,18 +401,6 @@ def gumbel_noise(shape, seed=None):
     return -ops.log(-ops.log(u))
 
 
-def _compile(fn):
-    """Compile a sampling step for the backend: one Python call per pixel must not pay eager overhead."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn)
-    if backend == "jax":
-        import jax
-
-        return jax.jit(fn)
-    return fn
 
 
 _STEPS = weakref.WeakKeyDictionary()  # model -> its compiled steps, so repeated sampling traces once

@@ -27,11 +27,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
-    return int(value)
+from genlib._util import positive_int as _positive_int
 
 
 def _non_negative(name, value, allow_none=False):

@@ -39,11 +39,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
-    return int(value)
+from genlib._util import compile_step as _compile
+from genlib._util import positive_int as _positive_int
 
 
 def _check_labelled(x, y, num_classes):
@@ -137,12 +134,6 @@ def _value_and_grad(fn, variables):
     return value, tape.gradient(value, variables)
 
 
-def _compile(fn):
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn)
-    return fn
 
 
 # ---------------------------------------------------------------------------
