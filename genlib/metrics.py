@@ -16,14 +16,11 @@ same pipeline, so a 16×16 model is not punished for its resolution.
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-from genlib import data, profiles
+from genlib import data, distributions, profiles
 
 CLASSIFIER_VERSION = 1
 FEATURE_LAYER = "features"
@@ -34,28 +31,8 @@ FEATURE_LAYER = "features"
 
 
 def bits_per_dim(nll_nats, num_dims: int, levels: int | None = None):
-    """Convert a per-example negative log-likelihood in nats to bits per dimension.
-
-    Conventions:
-        * **Discrete models** (PixelCNN, the per-pixel baseline): ``nll_nats`` is
-          ``-log P(x)`` of the integer image; leave ``levels=None``.
-        * **Continuous densities on dequantised data** (flows, VAEs): if the density is
-          over data scaled to [0, 1] from ``levels`` integer values, pass ``levels`` and
-          the ``num_dims * log(levels)`` change of scale is added, so the result is
-          comparable with a discrete model at the same quantisation (it is an upper
-          bound on the discrete model's bits/dim).
-
-    Args:
-        nll_nats: scalar or array of per-example NLLs in nats.
-        num_dims: dimensions per example (H * W * C).
-        levels: intensity levels of the data, for continuous densities on [0, 1].
-    """
-    if num_dims <= 0:
-        raise ValueError(f"num_dims must be positive, got {num_dims}.")
-    nll = np.asarray(nll_nats, dtype="float64")
-    if levels is not None:
-        nll = nll + num_dims * math.log(levels)
-    return nll / (num_dims * math.log(2.0))
+    """Bits per dimension from per-example nats, as float64 NumPy: ``genlib.distributions.bits_per_dim``."""
+    return distributions.bits_per_dim(np.asarray(nll_nats, dtype="float64"), num_dims, levels)
 
 
 # ---------------------------------------------------------------------------
@@ -108,13 +85,6 @@ def prepare_images(images, value_range: tuple[float, float] | None = None) -> np
 
 # ---------------------------------------------------------------------------
 # The domain classifier
-
-
-def cache_dir() -> Path:
-    """Where genlib caches trained models: ``$GENLIB_CACHE`` or ``~/.cache/genlib``."""
-    path = Path(os.environ.get("GENLIB_CACHE", Path.home() / ".cache" / "genlib"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def build_classifier() -> keras.Model:  # noqa: F821
@@ -181,18 +151,20 @@ _loaded: dict[str, DomainClassifier] = {}
 def domain_classifier(profile: str | None = None, verbose: int | str = "auto") -> DomainClassifier:
     """The Fashion-MNIST domain classifier: loaded from the cache, or trained once and cached.
 
-    The cache file is ``$GENLIB_CACHE/domain-classifier-v{version}-e{epochs}.keras``, so the
-    ``smoke`` model (2 epochs) and the ``cpu``/``full`` model (12 epochs) live side by side.
+    The cache file is ``$GENLIB_CACHE/domain-classifier-v{version}-e{epochs}-keras{X.Y.Z}.keras``:
+    the ``smoke`` model (2 epochs) and the ``cpu``/``full`` model (12 epochs) live side by
+    side, and a file written by one Keras version is never read by another (a newer Keras
+    may write configuration an older one cannot load).
     """
     import keras
 
     profile = profile or profiles.active()
     settings = _classifier_settings(profile)
-    stem = f"domain-classifier-v{settings['version']}-e{settings['epochs']}"
+    stem = f"domain-classifier-v{settings['version']}-e{settings['epochs']}-keras{keras.__version__}"
     if stem in _loaded:
         return _loaded[stem]
-    path = cache_dir() / f"{stem}.keras"
-    info_path = cache_dir() / f"{stem}.json"
+    path = profiles.cache_dir() / f"{stem}.keras"
+    info_path = profiles.cache_dir() / f"{stem}.json"
     if path.exists() and info_path.exists():
         model = keras.saving.load_model(path)
         info = json.loads(info_path.read_text())

@@ -9,6 +9,7 @@ The profile comes from the ``GENLIB_PROFILE`` environment variable; without it,
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 PROFILES = ("smoke", "cpu", "full")
 ENV_VAR = "GENLIB_PROFILE"
@@ -69,3 +70,10 @@ def describe() -> str:
 
     device = "GPU" if gpu_available() else "CPU"
     return f"genlib profile: {active()} | Keras {keras.__version__} ({keras.backend.backend()}) on {device}"
+
+
+def cache_dir() -> Path:
+    """Where genlib caches trained models and parsed data: ``$GENLIB_CACHE`` or ``~/.cache/genlib``."""
+    path = Path(os.environ.get("GENLIB_CACHE", Path.home() / ".cache" / "genlib"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

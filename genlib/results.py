@@ -27,7 +27,7 @@ def results_dir() -> Path:
         if book_root is not None:
             path = book_root / "results"
         else:
-            from genlib.metrics import cache_dir
+            from genlib.profiles import cache_dir
 
             path = cache_dir() / "results"
     path.mkdir(parents=True, exist_ok=True)

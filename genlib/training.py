@@ -8,7 +8,7 @@ from pathlib import Path
 
 import keras
 
-from genlib import metrics, profiles
+from genlib import profiles
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -67,7 +67,7 @@ class SampleGrid(keras.callbacks.Callback):
 
 
 def checkpoint_dir() -> Path:
-    path = metrics.cache_dir() / "checkpoints"
+    path = profiles.cache_dir() / "checkpoints"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
