@@ -7,7 +7,7 @@ if [ -z "${GENLIB_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
   export GENLIB_DATA_DIR="$(cd ../shared/data && pwd)"
 fi
 # No MPLBACKEND here: the kernels must use the inline backend, or no figure reaches the page.
-export TF_CPP_MIN_LOG_LEVEL=2
+export TF_CPP_MIN_LOG_LEVEL=2 GENLIB_STATIC_OUTPUT=1  # progress loops leave one line in the built pages
 unset MPLBACKEND
 python -m pip install -q --upgrade pip
 python -m pip install -q -r requirements.txt -e .

@@ -4,6 +4,7 @@
 * A Fashion-MNIST **domain classifier** (a small CNN) trained once and cached on disk;
   its penultimate layer gives the features for **FID**, **KID**,
   **precision/recall** and **density/coverage**, and its predictions the **conditional accuracy**.
+* ``evaluate_model``: ``generate`` then ``evaluate_samples``, for any genlib model.
 * ``nearest_neighbours``: the memorisation check (is a sample a copy of a training image?).
 
 Images may come in any of the book's conventions: size 16, 28 or 32; values in [0, 1],
@@ -351,6 +352,27 @@ def evaluate_samples(samples, value_range=None, classifier: DomainClassifier | N
         "coverage": coverage,
         "num_samples": int(len(fake)),
     }
+
+
+def evaluate_model(model, n: int | None = None, *, seed: int = 0, value_range=None,
+                   classifier: DomainClassifier | None = None, **options) -> dict:
+    """Sample ``n`` images with ``model.generate(n, seed=seed, **options)`` and score them.
+
+    Any genlib generative model (or baseline) answers ``generate``; this is how the chapters
+    and the comparison page score them alike. ``n`` defaults to ``num_eval_samples()``.
+    Returns ``evaluate_samples``' dict plus ``sample_seconds_per_image``.
+    """
+    from genlib._util import positive_int
+
+    n = num_eval_samples() if n is None else positive_int("n", n)
+    if not callable(getattr(model, "generate", None)):
+        raise ValueError(f"{type(model).__name__} has no generate(n, seed=...) method.")
+    start = time.perf_counter()
+    samples = np.asarray(model.generate(n, seed=seed, **options))
+    seconds = time.perf_counter() - start
+    if len(samples) != n:
+        raise ValueError(f"{type(model).__name__}.generate({n}) returned {len(samples)} samples.")
+    return {**evaluate_samples(samples, value_range, classifier), "sample_seconds_per_image": seconds / n}
 
 
 def conditional_accuracy(samples, labels, value_range=None, classifier: DomainClassifier | None = None) -> float:

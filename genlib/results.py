@@ -96,9 +96,35 @@ def load(profile: str | None = None, path: Path | None = None) -> list[dict]:
     return [e for e in entries if profile is None or e["profile"] == profile]
 
 
+class MarkdownText(str):
+    """A string that Jupyter (and the built book) displays as Markdown: leave it as a cell's last value.
+
+    ``print``-ing a Markdown table shows its raw pipes; returning it renders a table.
+    """
+
+    def _repr_markdown_(self):
+        return str(self)
+
+
+def markdown_table(header, rows, caption: str | None = None) -> MarkdownText:
+    """A Markdown table from a header (names) and rows (sequences of cells, already formatted).
+
+    Example: ``markdown_table(["model", "FID"], [["VAE", "41.0"], ["GAN", "12.3"]])``.
+    """
+    header = [str(h) for h in header]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        row = ["–" if c is None else str(c) for c in row]
+        if len(row) != len(header):
+            raise ValueError(f"a row has {len(row)} cells for {len(header)} columns: {row}")
+        lines.append("| " + " | ".join(row) + " |")
+    text = "\n".join(lines)
+    return MarkdownText(f"{caption}\n\n{text}" if caption else text)
+
+
 def table(profile: str, expected: list[tuple[str, str]] | None = None,
-          columns=("bits_per_dim", "fid", "kid", "precision", "recall"), chapters=None) -> str:
-    """A Markdown table of one profile's results.
+          columns=("bits_per_dim", "fid", "kid", "precision", "recall"), chapters=None) -> MarkdownText:
+    """A Markdown table of one profile's results (displayed as a table when it is a cell's value).
 
     ``expected`` lists ``(chapter, model)`` pairs that should be there; those never
     recorded appear as rows marked *missing* rather than vanishing. ``chapters`` (a name
@@ -107,14 +133,13 @@ def table(profile: str, expected: list[tuple[str, str]] | None = None,
     keep = [chapters] if isinstance(chapters, str) else chapters
     entries = {(e["chapter"], e["model"]): e for e in load(profile) if keep is None or e["chapter"] in keep}
     rows = list(entries) + [key for key in (expected or []) if key not in entries]
-    head = "| chapter | model | " + " | ".join(columns) + " | train s |"
-    lines = [head, "|" + "---|" * (len(columns) + 3)]
+    body = []
     for key in rows:
         e = entries.get(key)
         if e is None:
-            lines.append(f"| {key[0]} | {key[1]} | " + " | ".join("missing" for _ in columns) + " | missing |")
+            body.append([key[0], key[1], *("missing" for _ in columns), "missing"])
             continue
         cells = [f"{e['metrics'][c]:.4g}" if c in e["metrics"] else "–" for c in columns]
         train = "–" if e["train_seconds"] is None else f"{e['train_seconds']:.0f}"
-        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + f" | {train} |")
-    return "\n".join(lines)
+        body.append([key[0], key[1], *cells, train])
+    return markdown_table(["chapter", "model", *columns, "train s"], body)

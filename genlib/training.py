@@ -72,13 +72,32 @@ def checkpoint_dir() -> Path:
     return path
 
 
+class _HistoryLog(keras.callbacks.Callback):
+    # Writes each finished epoch's logs to disk, so a run resumed by BackupAndRestore still
+    # returns the curves of the epochs it did not run again.
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.epochs = json.loads(path.read_text()) if path.exists() else {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs[str(epoch)] = {k: float(v) for k, v in (logs or {}).items()}
+        self.path.write_text(json.dumps(self.epochs))
+
+    def history(self) -> dict:
+        rows = [self.epochs[k] for k in sorted(self.epochs, key=int)]
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        return {k: [row[k] for row in rows if k in row] for k in keys}
+
+
 def fit_or_load(model: keras.Model, name: str, *fit_args, **fit_kwargs) -> dict:
     """Train ``model`` with ``fit`` unless a finished checkpoint for ``name`` exists.
 
     The checkpoint lives in ``$GENLIB_CACHE/checkpoints/{name}-{profile}.weights.h5``,
     with the training history beside it, so a reloaded model still has its curves.
-    While training, a ``BackupAndRestore`` folder keeps the last finished epoch:
-    an interrupted run resumes there instead of starting over.
+    While training, a ``BackupAndRestore`` folder keeps the last finished epoch and a log
+    keeps every finished epoch's metrics: an interrupted run resumes there instead of
+    starting over, and its history still starts at epoch 1.
 
     The model must be built (call it on a batch, or give it an ``Input``) and compiled.
     Returns the history dict (loaded from disk when the model was loaded).
@@ -89,15 +108,20 @@ def fit_or_load(model: keras.Model, name: str, *fit_args, **fit_kwargs) -> dict:
         raise ValueError(f"name must be a non-empty file name without slashes, got {name!r}.")
     # Suffixes are appended as text: Path.with_suffix would cut a name at its last dot ("lr0.3").
     stem = f"{name}-{profiles.active()}"
-    weights, history_path, backup = (checkpoint_dir() / f"{stem}.weights.h5", checkpoint_dir() / f"{stem}.history.json",
-                                     checkpoint_dir() / f"{stem}.backup")
+    folder = checkpoint_dir()
+    weights, history_path = folder / f"{stem}.weights.h5", folder / f"{stem}.history.json"
+    backup, partial = folder / f"{stem}.backup", folder / f"{stem}.history.partial.json"
     if weights.exists() and history_path.exists():
         model.load_weights(weights)
         return json.loads(history_path.read_text())
+    if partial.exists() and not backup.exists():
+        partial.unlink()  # a log without a backup to resume from belongs to a run that starts over
+    log = _HistoryLog(partial)
     callbacks = list(fit_kwargs.pop("callbacks", []))
-    callbacks.append(keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True))
-    history = model.fit(*fit_args, callbacks=callbacks, **fit_kwargs)
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    callbacks += [keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True), log]
+    model.fit(*fit_args, callbacks=callbacks, **fit_kwargs)
+    hist = log.history()
     model.save_weights(weights)
     history_path.write_text(json.dumps(hist))
+    partial.unlink(missing_ok=True)
     return hist

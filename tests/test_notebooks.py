@@ -70,3 +70,54 @@ def test_book_build_keeps_the_inline_backend():
     # With MPLBACKEND=Agg the executed chapters produce no image outputs: the book has no figures.
     script = (ROOT / "book" / "build.sh").read_text()
     assert "MPLBACKEND=" not in script and "unset MPLBACKEND" in script
+
+
+def directives_with_inner_fences(markdown):
+    """(opening fence, directive) pairs whose body contains a fence at least as long as the opening one.
+
+    MyST closes a directive at the first fence of its own length or longer: an inner ```python
+    inside a ```{solution} ends the directive early and leaves an empty code block behind.
+    """
+    bad = []
+    lines = markdown.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^(`{3,}|:{3,})\{(\w[\w-]*)\}", line)
+        if not m:
+            continue
+        fence, depth = m.group(1), len(m.group(1))
+        for inner in lines[i + 1:]:
+            im = re.match(r"^(`{3,}|:{3,})(.*)$", inner)
+            if not im or im.group(1)[0] != fence[0]:
+                continue
+            if im.group(2).strip() == "" and len(im.group(1)) >= depth:
+                break  # the directive's own closing fence
+            if len(im.group(1)) >= depth:
+                bad.append((fence, m.group(2)))
+                break
+    return bad
+
+
+def test_fence_check_finds_a_nested_fence():
+    good = "````{solution} ex\n```python\nx = 1\n```\n````"
+    bad = "```{solution} ex\n```python\nx = 1\n```\n```"
+    assert directives_with_inner_fences(good) == []
+    assert directives_with_inner_fences(bad) == [("```", "solution")]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_directives_containing_fences_open_with_longer_fences(path):
+    for cell in cells(path):
+        if cell["cell_type"] == "markdown":
+            assert not directives_with_inner_fences(source(cell)), source(cell)[:300]
+
+
+PRINTED_TABLE = re.compile(r"print\((results\.table\(|f?[\"']\|)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_tables_are_displayed_not_printed(path):
+    # A printed Markdown table shows as raw pipes on the page; results.table / results.markdown_table
+    # return text that Jupyter and the book render as a table.
+    for cell in cells(path):
+        if cell["cell_type"] == "code":
+            assert not PRINTED_TABLE.search(source(cell)), source(cell)[:300]

@@ -28,6 +28,29 @@ def test_fit_or_load_trains_once_then_loads(tmp_path, monkeypatch):
     np.testing.assert_allclose(second.predict(x, verbose=0), first.predict(x, verbose=0))
 
 
+class _StopAfter(keras.callbacks.Callback):
+    # Simulates an interrupted run: an exception after `epochs` finished epochs.
+    def __init__(self, epochs):
+        super().__init__()
+        self.stop_at = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.stop_at:
+            raise KeyboardInterrupt
+
+
+def test_fit_or_load_resumed_history_keeps_its_first_epochs(tmp_path, monkeypatch):
+    # Before: the history of a resumed run held only the epochs of the resuming call.
+    monkeypatch.setenv("GENLIB_CACHE", str(tmp_path))
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    y = x.sum(1, keepdims=True)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit_or_load(small_model(), "resumed", x, y, epochs=4, verbose=0, callbacks=[_StopAfter(2)])
+    hist = training.fit_or_load(small_model(), "resumed", x, y, epochs=4, verbose=0)
+    assert len(hist["loss"]) == 4
+    assert hist["loss"][-1] < hist["loss"][0]
+
+
 def test_fit_or_load_keeps_dots_in_names_apart(tmp_path, monkeypatch):
     monkeypatch.setenv("GENLIB_CACHE", str(tmp_path))
     x, y = np.zeros((8, 3), "float32"), np.zeros((8, 1), "float32")
