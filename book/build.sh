@@ -11,5 +11,10 @@ export TF_CPP_MIN_LOG_LEVEL=2 GENLIB_STATIC_OUTPUT=1  # progress loops leave one
 unset MPLBACKEND
 python -m pip install -q --upgrade pip
 python -m pip install -q -r requirements.txt -e .
-jupyter-book build . -W -n --keep-going
+# One execution cache per profile: jupyter-cache keys a notebook by its code only, so a `cpu`
+# build must never reuse outputs executed under `smoke`.
+profile=$(python -c "from genlib import profiles; print(profiles.active())")
+mkdir -p _build
+sed "s|^  execute_notebooks: cache|  execute_notebooks: cache\n  cache: _build/.jupyter_cache/$profile|" _config.yml > "_build/_config_$profile.yml"
+jupyter-book build . --config "_build/_config_$profile.yml" -W -n --keep-going
 echo "book: $(pwd)/_build/html/index.html"

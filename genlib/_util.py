@@ -296,7 +296,14 @@ def static_output() -> bool:
 
 
 def fit_verbose():
-    """The ``verbose`` for ``fit``/``predict`` in a chapter: a live bar, or one line per epoch in a built page."""
+    """The ``verbose`` for ``fit``/``predict`` in a chapter (``genlib.training.verbose``).
+
+    0 under the ``smoke`` profile (CI), 2 (one line per epoch) in a built page, else 1 (a live bar).
+    """
+    from genlib import profiles
+
+    if profiles.active() == "smoke":
+        return 0
     return 2 if static_output() else 1
 
 

@@ -143,3 +143,57 @@ def table(profile: str, expected: list[tuple[str, str]] | None = None,
         train = "–" if e["train_seconds"] is None else f"{e['train_seconds']:.0f}"
         body.append([key[0], key[1], *cells, train])
     return markdown_table(["chapter", "model", *columns, "train s"], body)
+
+
+# ---------------------------------------------------------------------------
+# The published registry: the book's own run, shipped with the site.
+
+PUBLISHED_URL = "https://gdl-hands-on.github.io/generative-deep-learning/results/registry.json"
+
+
+def publish(folder, commit: str = "unknown") -> Path:
+    """Write every recorded entry, with the build's date and commit, to ``folder/registry.json``.
+
+    The publishing workflow runs this after the book build, so the site carries the numbers its
+    pages show; ``published()`` reads them back on a reader's machine.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "entries": load()}
+    path = folder / "registry.json"
+    path.write_text(json.dumps(payload, indent=1))
+    return path
+
+
+def published(source: str | None = None, timeout: float = 10.0) -> dict | None:
+    """The published build's registry (``{"commit", "date", "entries"}``), or None when unreachable.
+
+    ``source``: a URL or a local path; default ``$GENLIB_PUBLISHED_RESULTS``, else the site's
+    copy. Offline (CI, a plane) this returns None instead of failing: the comparison page then
+    shows the reader's own numbers only and says so.
+    """
+    source = source or os.environ.get("GENLIB_PUBLISHED_RESULTS") or PUBLISHED_URL
+    try:
+        if "://" in source:
+            import urllib.request
+
+            with urllib.request.urlopen(source, timeout=timeout) as response:  # noqa: S310 (a fixed https URL)
+                payload = json.loads(response.read().decode())
+        else:
+            payload = json.loads(Path(source).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get("entries"), list):
+        return None
+    return payload
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Ship the results registry with the built book.")
+    parser.add_argument("--publish", required=True, help="folder to write registry.json into")
+    parser.add_argument("--commit", default="unknown")
+    args = parser.parse_args()
+    print(publish(args.publish, args.commit))

@@ -9,6 +9,7 @@ from pathlib import Path
 import keras
 
 from genlib import profiles
+from genlib._util import fit_verbose as verbose  # noqa: F401  (what chapters pass to fit)
 
 
 def seed_everything(seed: int = 0) -> None:

@@ -45,3 +45,19 @@ def test_record_refuses_what_was_not_measured(registry):
         results.record("01_intro", "x", {"fid": "good"})
     with pytest.raises(ValueError, match="non-empty"):
         results.record("", "x", {})
+
+
+def test_publish_then_published_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENLIB_RESULTS", str(tmp_path / "registry"))
+    results.record("02_vae", "vae", {"fid": 41.0}, profile="cpu")
+    path = results.publish(tmp_path / "site", commit="abc123")
+    payload = results.published(str(path))
+    assert payload["commit"] == "abc123" and payload["entries"][0]["metrics"]["fid"] == 41.0
+    assert results.published(str(tmp_path / "missing.json")) is None  # offline or absent: None, not an error
+
+
+def test_markdown_table_renders_as_markdown():
+    text = results.markdown_table(["model", "FID"], [["VAE", "41.0"], ["GAN", None]])
+    assert text._repr_markdown_().splitlines() == ["| model | FID |", "|---|---|", "| VAE | 41.0 |", "| GAN | – |"]
+    with pytest.raises(ValueError, match="2 columns"):
+        results.markdown_table(["model", "FID"], [["VAE"]])
