@@ -94,7 +94,11 @@ def compile_step(fn, state=()):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True)
+        compiled = tf.function(fn, reduce_retracing=True)
+        # Each call of compile_step makes a new function on purpose (one per model or sampler);
+        # TF counts traces per code object and would warn that closures from one line "retrace".
+        compiled._omit_frequent_tracing_warning = True
+        return compiled
     if backend != "jax":
         return fn
     import jax

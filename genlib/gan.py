@@ -1,22 +1,24 @@
 """Generative adversarial networks: DCGAN, WGAN-GP, class-conditional GANs, feature quantisation.
 
+Chapter 3 (chapters/03_gan.ipynb); chapter 16 (chapters/16_synthetic_data.ipynb) reuses the
+conditional GAN.
+
 A generator ``G`` maps noise ``z`` to an image; a discriminator (critic) ``D`` scores images.
-They are trained against each other, so a GAN needs two optimizers and overrides
-``train_step`` (TensorFlow backend: the gradient penalty and the two updates use
-``tf.GradientTape``; all the math goes through ``keras.ops``).
+They are trained against each other, so a GAN needs two optimizers and writes its own
+training step (``training_step``, run by ``fit`` on every Keras backend); gradients come from
+``_util.value_and_grad`` and ``_util.input_gradient``, all the math from ``keras.ops``.
 
 * ``build_generator`` / ``build_discriminator``: DCGAN-style convolutional nets, optionally
-  class-conditional (a label embedding for ``G``, one-hot label channels for ``D``) and with
-  a ``FeatureQuantization`` layer inside ``D``.
+  class-conditional (a label embedding for ``G``, one-hot label channels or a projection for
+  ``D``) and with feature quantisation inside ``D``: the ``VectorQuantizer`` of
+  ``genlib.vq`` with an EMA dictionary drawn from the first batch (FQ-GAN).
 * ``build_mlp_generator`` / ``build_mlp_discriminator``: small MLPs for 2-D toy data.
 * ``discriminator_loss`` / ``generator_loss``: the non-saturating GAN losses, with label
   smoothing.
 * ``interpolates`` / ``gradient_penalty``: WGAN-GP's penalty on points drawn uniformly on
   the segments between real and fake examples.
-* ``FeatureQuantization``: FQ-GAN's layer: features snapped to the nearest entry of a
-  dictionary kept by moving averages, straight-through gradients, commitment loss.
-* ``GAN`` (non-saturating loss, label smoothing and label flipping) and ``WGANGP``
-  (Wasserstein loss, gradient penalty, ``n_critic`` critic steps per generator step).
+* ``GAN`` (non-saturating loss, label smoothing and label flipping, FQ's commitment loss) and
+  ``WGANGP`` (Wasserstein loss, gradient penalty, ``n_critic`` critic steps per generator step).
 """
 
 from __future__ import annotations
@@ -25,130 +27,16 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from genlib._util import positive_int as _positive_int
-
-
-def _fraction(name, value, high=1.0, closed=False):
-    ok = 0.0 <= value <= high if closed else 0.0 <= value < high
-    if not ok:
-        raise ValueError(f"{name} must lie in [0, {high}{']' if closed else ')'}, got {value!r}.")
-    return float(value)
-
-
-# ---------------------------------------------------------------------------
-# Feature quantisation
-
-
-@keras.saving.register_keras_serializable(package="genlib")
-class FeatureQuantization(keras.layers.Layer):
-    """FQ-GAN's feature quantisation: each feature vector snapped to its nearest dictionary entry.
-
-    The dictionary is not learned by gradients: it is a moving average of the features
-    assigned to each entry (as in VQ-VAE's EMA variant), so it follows the features of
-    *both* real and fake images as the discriminator sees them. Because real and fake
-    features are then described by the same few entries, the discriminator's later layers
-    compare the two distributions through shared, slowly moving summaries: an implicit
-    feature matching.
-
-    Args:
-        num_embeddings: dictionary size K.
-        decay: moving-average momentum in [0, 1); higher means a slower dictionary.
-        commitment_weight: weight beta of the commitment loss
-            ``beta * mean((x - sg(q))^2)``, added with ``add_loss`` so features stay near
-            the entries they are snapped to.
-        epsilon: floor of the cluster sizes the average divides by.
-        init_from_data: on the first training call, set the entries to K feature vectors
-            drawn from the batch. A random dictionary far from the features would send every
-            vector to the same nearest entry, and the others would never move (dead entries).
-        seed: seed of the random initialisation and of the vectors drawn for it.
-
-    Shapes: (..., D) -> (..., D): every length-D vector along the last axis is quantised.
-    In training mode the forward pass returns dictionary entries, and the gradient passes
-    straight through to the input (``x + sg(q - x)``).
-    """
-
-    def __init__(self, num_embeddings: int = 64, decay: float = 0.9, commitment_weight: float = 0.25,
-                 epsilon: float = 1e-5, init_from_data: bool = True, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.num_embeddings = _positive_int("num_embeddings", num_embeddings, 2)
-        self.decay = _fraction("decay", decay)
-        if commitment_weight < 0 or epsilon <= 0:
-            raise ValueError(f"commitment_weight must be >= 0 and epsilon > 0, got {commitment_weight}, {epsilon}.")
-        self.commitment_weight, self.epsilon, self.seed = float(commitment_weight), float(epsilon), seed
-        self.init_from_data = bool(init_from_data)
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim is None:
-            raise ValueError(f"FeatureQuantization needs a known last axis, got input shape {input_shape}.")
-        self.dim = int(dim)
-        init = keras.initializers.RandomNormal(stddev=1.0, seed=self.seed)
-        self.embeddings = self.add_weight(name="embeddings", shape=(self.num_embeddings, self.dim),
-                                          initializer=init, trainable=False)
-        # Start every entry with a count of one: its first update is a proper weighted mean
-        # of the old entry and the new features, not a jump driven by an empty count.
-        self.cluster_size = self.add_weight(name="cluster_size", shape=(self.num_embeddings,),
-                                            initializer="ones", trainable=False)
-        self.embed_sum = self.add_weight(name="embed_sum", shape=(self.num_embeddings, self.dim),
-                                         initializer="zeros", trainable=False)
-        self.embed_sum.assign(self.embeddings)
-        self.initialized = self.add_weight(name="initialized", shape=(), initializer="zeros", trainable=False)
-
-    def codes(self, x):
-        """Index of the nearest dictionary entry for every vector: (..., D) -> (...,) int."""
-        flat = ops.reshape(x, (-1, self.dim))
-        d2 = (ops.sum(flat**2, axis=1, keepdims=True) - 2.0 * ops.matmul(flat, ops.transpose(self.embeddings))
-              + ops.sum(self.embeddings**2, axis=1)[None, :])
-        return ops.reshape(ops.argmin(d2, axis=1), ops.shape(x)[:-1])
-
-    def update_dictionary(self, x):
-        """One moving-average step of the dictionary towards the mean of the vectors assigned to each entry."""
-        flat = ops.reshape(ops.stop_gradient(x), (-1, self.dim))
-        if self.init_from_data:
-            # First call only (a flag, not Python control flow, so it works inside a compiled step).
-            first = self.initialized < 0.5
-            picks = keras.random.randint((self.num_embeddings,), 0, ops.shape(flat)[0], seed=self.seed_generator)
-            drawn = ops.take(flat, picks, axis=0)
-            self.embeddings.assign(ops.where(first, drawn, self.embeddings))
-            self.embed_sum.assign(ops.where(first, drawn, self.embed_sum))
-            self.initialized.assign(1.0)
-        onehot = ops.one_hot(ops.reshape(self.codes(x), (-1,)), self.num_embeddings, dtype=flat.dtype)
-        count = ops.sum(onehot, axis=0)  # (K,)
-        total = ops.matmul(ops.transpose(onehot), flat)  # (K, D)
-        used = count > 0
-        # Entries no vector chose keep their counts and sums: an unused entry stays where it is.
-        new_size = ops.where(used, self.decay * self.cluster_size + (1.0 - self.decay) * count, self.cluster_size)
-        new_sum = ops.where(used[:, None], self.decay * self.embed_sum + (1.0 - self.decay) * total, self.embed_sum)
-        self.cluster_size.assign(new_size)
-        self.embed_sum.assign(new_sum)
-        self.embeddings.assign(new_sum / ops.maximum(new_size, self.epsilon)[:, None])
-
-    def call(self, x, training=None):
-        if training:
-            self.update_dictionary(x)
-        q = ops.take(self.embeddings, ops.reshape(self.codes(x), (-1,)), axis=0)
-        q = ops.reshape(q, ops.shape(x))
-        if self.commitment_weight:
-            self.add_loss(self.commitment_weight * ops.mean((x - ops.stop_gradient(q)) ** 2))
-        return x + ops.stop_gradient(q - x)  # forward: q; backward: identity
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "num_embeddings": self.num_embeddings, "decay": self.decay,
-                "commitment_weight": self.commitment_weight, "epsilon": self.epsilon,
-                "init_from_data": self.init_from_data, "seed": self.seed}
-
+from genlib import _util
+from genlib.vq import VectorQuantizer
 
 # ---------------------------------------------------------------------------
 # Networks
 
 
 def _check_image_shape(image_shape):
-    image_shape = tuple(int(s) for s in image_shape)
-    if len(image_shape) != 3 or image_shape[0] != image_shape[1] or image_shape[0] % 4:
+    image_shape = _util.shape("image_shape", image_shape, 3)
+    if image_shape[0] != image_shape[1] or image_shape[0] % 4:
         raise ValueError(f"image_shape must be (S, S, C) with S divisible by 4 (two stride-2 layers), "
                          f"got {image_shape}.")
     return image_shape
@@ -171,15 +59,16 @@ def build_generator(latent_dim: int = 64, image_shape=(28, 28, 1), filters: int 
 
     Inputs z (batch, latent_dim) [and labels (batch,) int]; output (batch, S, S, C) in [-1, 1].
     """
-    latent_dim = _positive_int("latent_dim", latent_dim)
+    latent_dim = _util.positive_int("latent_dim", latent_dim)
     size, _, channels = _check_image_shape(image_shape)
-    filters = _positive_int("filters", filters)
-    num_classes = _positive_int("num_classes", num_classes, 0)
+    filters = _util.positive_int("filters", filters)
+    num_classes = _util.positive_int("num_classes", num_classes, 0)
     z = keras.Input((latent_dim,), name="z")
     inputs, h = [z], z
     if num_classes:
         label = keras.Input((), dtype="int32", name="label")
         inputs.append(label)
+        label_dim = _util.positive_int("label_dim", label_dim)
         h = layers.Concatenate()([z, layers.Embedding(num_classes, label_dim, name="label_embedding")(label)])
     s = size // 4
     h = layers.Dense(s * s * 2 * filters, use_bias=False)(h)
@@ -208,20 +97,21 @@ def build_discriminator(image_shape=(28, 28, 1), filters: int = 64, num_classes:
             2018), the inner product of a learned label embedding with the last features,
             added to the logit, so the label multiplies the evidence instead of adding to it.
         dropout: dropout rate after each convolution.
-        feature_quantization: ``None``, or keyword arguments of ``FeatureQuantization``
-            (e.g. ``{"num_embeddings": 64}``): the (S/4, S/4, 2f) feature map is quantised.
+        feature_quantization: ``None``, or keyword arguments of ``genlib.vq.VectorQuantizer``
+            (e.g. ``{"num_codes": 64}``): the (S/4, S/4, 2f) feature map is quantised by a layer
+            named ``"fq"``. FQ-GAN's defaults apply unless given: an EMA dictionary
+            (``ema=True, decay=0.9``) drawn from the first batch (``init_from_data=True``).
 
     Inputs images (batch, S, S, C) in [-1, 1] [and labels (batch,) int]; output (batch, 1) logits.
     """
     size, _, channels = _check_image_shape(image_shape)
-    filters = _positive_int("filters", filters)
-    num_classes = _positive_int("num_classes", num_classes, 0)
-    dropout = _fraction("dropout", dropout)
+    filters = _util.positive_int("filters", filters)
+    num_classes = _util.positive_int("num_classes", num_classes, 0)
+    dropout = _util.fraction("dropout", dropout)
     if feature_quantization is not None and not isinstance(feature_quantization, dict):
-        raise ValueError(f"feature_quantization must be None or a dict of FeatureQuantization arguments, "
+        raise ValueError(f"feature_quantization must be None or a dict of VectorQuantizer arguments, "
                          f"got {feature_quantization!r}.")
-    if conditioning not in ("channels", "projection"):
-        raise ValueError(f"conditioning must be 'channels' or 'projection', got {conditioning!r}.")
+    conditioning = _util.choice("conditioning", conditioning, ("channels", "projection"))
     x = keras.Input((size, size, channels), name="images")
     inputs, h = [x], x
     if num_classes:
@@ -236,7 +126,8 @@ def build_discriminator(image_shape=(28, 28, 1), filters: int = 64, num_classes:
         if dropout:
             h = layers.Dropout(dropout)(h)
     if feature_quantization is not None:
-        h = FeatureQuantization(**feature_quantization, name="fq")(h)
+        options = {"num_codes": 64, "ema": True, "decay": 0.9, "init_from_data": True, **feature_quantization}
+        h, _ = VectorQuantizer(code_dim=2 * filters, name="fq", **options)(h)
     h = layers.Flatten()(h)
     out = layers.Dense(1, name="logit")(h)
     if num_classes and conditioning == "projection":
@@ -251,20 +142,20 @@ def build_mlp_generator(latent_dim: int = 2, data_dim: int = 2, units: int = 64,
 
     Shapes: (batch, latent_dim) -> (batch, data_dim).
     """
-    z = keras.Input((_positive_int("latent_dim", latent_dim),), name="z")
+    z = keras.Input((_util.positive_int("latent_dim", latent_dim),), name="z")
     h = z
-    for _ in range(_positive_int("depth", depth)):
-        h = layers.Dense(_positive_int("units", units), activation="relu")(h)
-    return keras.Model(z, layers.Dense(_positive_int("data_dim", data_dim))(h), name=name)
+    for _ in range(_util.positive_int("depth", depth)):
+        h = layers.Dense(_util.positive_int("units", units), activation="relu")(h)
+    return keras.Model(z, layers.Dense(_util.positive_int("data_dim", data_dim))(h), name=name)
 
 
 def build_mlp_discriminator(data_dim: int = 2, units: int = 64, depth: int = 2,
                             name: str = "discriminator") -> keras.Model:
     """MLP discriminator for toy data: ``depth`` LeakyReLU layers, one logit. (batch, data_dim) -> (batch, 1)."""
-    x = keras.Input((_positive_int("data_dim", data_dim),), name="x")
+    x = keras.Input((_util.positive_int("data_dim", data_dim),), name="x")
     h = x
-    for _ in range(_positive_int("depth", depth)):
-        h = layers.LeakyReLU(0.2)(layers.Dense(_positive_int("units", units))(h))
+    for _ in range(_util.positive_int("depth", depth)):
+        h = layers.LeakyReLU(0.2)(layers.Dense(_util.positive_int("units", units))(h))
     return keras.Model(x, layers.Dense(1)(h), name=name)
 
 
@@ -293,20 +184,9 @@ def interpolates(real, fake, alpha):
 
     ``alpha`` has shape (batch,) (one number per example, broadcast over the other axes).
     """
+    real, fake = ops.convert_to_tensor(real), ops.convert_to_tensor(fake)
     alpha = ops.reshape(ops.cast(alpha, real.dtype), (-1,) + (1,) * (len(real.shape) - 1))
     return real + alpha * (fake - real)
-
-
-def input_gradients(fn, x):
-    """d sum(fn(x)) / dx: for a per-example scorer, each example's gradient of its own score."""
-    if keras.backend.backend() != "tensorflow":
-        raise NotImplementedError("the gradient penalty is written for the TensorFlow backend (tf.GradientTape).")
-    import tensorflow as tf
-
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        score = ops.sum(fn(x))
-    return tape.gradient(score, x)
 
 
 def gradient_penalty(critic, real, fake, alpha=None, seed=None, labels=None):
@@ -315,18 +195,23 @@ def gradient_penalty(critic, real, fake, alpha=None, seed=None, labels=None):
     Args:
         critic: a model scoring a batch, (batch, ...) -> (batch, 1); with ``labels`` it is
             called on ``[x, labels]``.
-        real, fake: (batch, ...) tensors of the same shape.
+        real, fake: (batch, ...) tensors or arrays of the same shape.
         alpha: (batch,) positions on the segments; drawn **uniformly in [0, 1]** when None.
         seed: int or ``keras.random.SeedGenerator`` for alpha.
         labels: (batch,) class labels for a conditional critic.
+
+    The penalty is differentiable w.r.t. the critic's weights (a critic step trains through it).
     """
     if tuple(real.shape) != tuple(fake.shape):
         raise ValueError(f"real and fake must have the same shape, got {real.shape} and {fake.shape}.")
     if alpha is None:
         alpha = keras.random.uniform((ops.shape(real)[0],), 0.0, 1.0, seed=seed)
     x_hat = interpolates(real, fake, alpha)
-    fn = (lambda x: critic([x, labels], training=True)) if labels is not None else (lambda x: critic(x, training=True))
-    grads = input_gradients(fn, x_hat)
+    # training=False: the penalty measures the critic's slope, so no dropout mask or feature
+    # dictionary may change while the gradient is taken.
+    score = (lambda x: critic([x, labels], training=False)) if labels is not None else \
+        (lambda x: critic(x, training=False))
+    grads = _util.input_gradient(score, x_hat)  # d D(x_hat) / d x_hat, one gradient per example
     norms = ops.sqrt(ops.sum(ops.reshape(grads, (ops.shape(grads)[0], -1)) ** 2, axis=1) + 1e-12)
     return ops.mean((norms - 1.0) ** 2)
 
@@ -336,7 +221,7 @@ def gradient_penalty(critic, real, fake, alpha=None, seed=None, labels=None):
 
 
 @keras.saving.register_keras_serializable(package="genlib")
-class GAN(keras.Model):
+class GAN(_util.TrainStepModel):
     """A GAN trained with the non-saturating loss: one discriminator step, then one generator step.
 
     Args:
@@ -345,6 +230,9 @@ class GAN(keras.Model):
         num_classes: > 0 for class-conditional nets (``fit((x, y))``; fakes get the batch's labels).
         label_smoothing: D's target for real examples is ``1 - label_smoothing`` (one-sided).
         label_flip: probability of swapping each real/fake target in D's loss (label noise).
+        commitment_weight: beta of feature quantisation's commitment loss
+            ``beta * mean((h - sg(q))^2)``, added to D's loss for every ``VectorQuantizer`` in D
+            (none: no effect).
         seed: seed of the noise, labels and flips drawn during training.
 
     ``compile(d_optimizer=..., g_optimizer=...)``; ``fit(x)`` or ``fit((x, y))``; ``call(z)``
@@ -352,28 +240,37 @@ class GAN(keras.Model):
     Metrics: ``d_loss``, ``g_loss``, ``d_real`` and ``d_fake`` (mean D output on each).
     """
 
+    metric_names = ("d_loss", "g_loss", "d_real", "d_fake")
+
     def __init__(self, generator, discriminator, num_classes: int = 0, label_smoothing: float = 0.0,
-                 label_flip: float = 0.0, seed: int | None = None, **kwargs):
+                 label_flip: float = 0.0, commitment_weight: float = 0.25, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(generator, keras.Model) or not isinstance(discriminator, keras.Model):
             raise ValueError(f"generator and discriminator must be keras Models, got "
                              f"{type(generator).__name__} and {type(discriminator).__name__}.")
         self.generator, self.discriminator = generator, discriminator
-        self.num_classes = _positive_int("num_classes", num_classes, 0)
+        self.num_classes = _util.positive_int("num_classes", num_classes, 0)
         conditional_nets = len(generator.inputs) == 2, len(discriminator.inputs) == 2
         if conditional_nets != (bool(self.num_classes),) * 2:
             raise ValueError(f"num_classes={num_classes} needs {'two' if self.num_classes else 'one'} inputs "
                              f"in both nets, got {len(generator.inputs)} (generator) and "
                              f"{len(discriminator.inputs)} (discriminator).")
-        self.label_smoothing = _fraction("label_smoothing", label_smoothing, 0.5)
-        self.label_flip = _fraction("label_flip", label_flip, 0.5)
+        self.label_smoothing = _util.fraction("label_smoothing", label_smoothing, 0.5)
+        self.label_flip = _util.fraction("label_flip", label_flip, 0.5)
+        self.commitment_weight = _util.number("commitment_weight", commitment_weight, low=0.0)
         self.latent_dim = int(generator.inputs[0].shape[-1])
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # Feature quantisation: D also returning what each quantiser saw (h) and gave (q), which
+        # the commitment loss needs. It shares D's layers and weights.
+        quantizers = [layer for layer in discriminator.layers if isinstance(layer, VectorQuantizer)]
+        self.discriminator_features = None
+        if quantizers:
+            seen = [t for q in quantizers for t in (q.input, q.output[0])]
+            self.discriminator_features = keras.Model(discriminator.input, [discriminator.output, *seen],
+                                                     name="discriminator_features")
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.metric_names}
         self.built = True  # both nets arrive built; there is nothing else to create
-
-    metric_names = ("d_loss", "g_loss", "d_real", "d_fake")
 
     @property
     def metrics(self):
@@ -381,11 +278,12 @@ class GAN(keras.Model):
 
     def compile(self, d_optimizer=None, g_optimizer=None, **kwargs):
         """Two optimizers: ``d_optimizer`` for the discriminator, ``g_optimizer`` for the generator."""
-        super().compile(**kwargs)
         self.d_optimizer = d_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
         self.g_optimizer = g_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
         self.d_optimizer.build(self.discriminator.trainable_variables)
         self.g_optimizer.build(self.generator.trainable_variables)
+        # fit sees one optimizer; the group carries both optimizers' slots through the step.
+        super().compile(optimizer=_util.OptimizerGroup([self.d_optimizer, self.g_optimizer]), **kwargs)
 
     def get_compile_config(self):
         return None  # the two optimizers are chosen again after loading: a saved model is for sampling
@@ -406,77 +304,102 @@ class GAN(keras.Model):
         return [x, y] if self.num_classes else x
 
     def noise(self, n):
+        """``n`` latent vectors z ~ N(0, I): (n, latent_dim)."""
         return keras.random.normal((n, self.latent_dim), seed=self.seed_generator)
 
-    def _d_step(self, real, labels):
-        import tensorflow as tf
+    def discriminate(self, images, labels=None, training=False):
+        """D's logits (batch, 1) and the commitment loss of its feature quantisers (0.0 without any)."""
+        inputs = self._with_labels(images, labels)
+        if self.discriminator_features is None:
+            return self.discriminator(inputs, training=training), 0.0
+        logits, *seen = self.discriminator_features(inputs, training=training)
+        commitment = sum(ops.mean(ops.square(h - ops.stop_gradient(q))) for h, q in zip(seen[0::2], seen[1::2]))
+        return logits, self.commitment_weight * commitment
 
+    def discriminator_step(self, real, labels=None):
+        """One update of D on real images and as many fakes: returns (loss, mean D(real), mean D(fake))."""
         n = ops.shape(real)[0]
-        z = self.noise(n)
-        fake = self.generator(self._with_labels(z, labels), training=True)
-        with tf.GradientTape() as tape:
-            real_logits = self.discriminator(self._with_labels(real, labels), training=True)
-            extra = self._extra_losses()  # read after each call: a call replaces the previous call's losses
-            fake_logits = self.discriminator(self._with_labels(fake, labels), training=True)
-            extra = extra + self._extra_losses()
-            if self.label_flip:
-                # Label noise: a flipped example swaps roles in the loss.
-                flip = keras.random.uniform((n, 1), seed=self.seed_generator) < self.label_flip
+        fake = self.generator(self._with_labels(self.noise(n), labels), training=True)
+        flip = keras.random.uniform((n, 1), seed=self.seed_generator) < self.label_flip if self.label_flip else None
+
+        def loss_fn():
+            real_logits, real_commitment = self.discriminate(real, labels, training=True)
+            fake_logits, fake_commitment = self.discriminate(fake, labels, training=True)
+            if flip is not None:  # label noise: a flipped example swaps roles in the loss
                 real_logits, fake_logits = ops.where(flip, fake_logits, real_logits), \
                     ops.where(flip, real_logits, fake_logits)
             loss = discriminator_loss(real_logits, fake_logits, self.label_smoothing)
-            total = loss + extra
-        grads = tape.gradient(total, self.discriminator.trainable_variables)
-        self.d_optimizer.apply(grads, self.discriminator.trainable_variables)
+            return loss + real_commitment + fake_commitment, (loss, real_logits, fake_logits)
+
+        weights = self.discriminator.trainable_variables
+        _, (loss, real_logits, fake_logits), grads = _util.value_and_grad(loss_fn, weights)
+        self.d_optimizer.apply(grads, weights)
         return loss, ops.mean(ops.sigmoid(real_logits)), ops.mean(ops.sigmoid(fake_logits))
 
-    def _extra_losses(self):
-        # The commitment loss of a FeatureQuantization layer, from the discriminator's last call.
-        losses = self.discriminator.losses
-        return ops.sum(ops.stack(losses)) if losses else 0.0
-
-    def _g_step(self, n, labels):
-        import tensorflow as tf
-
+    def generator_step(self, n, labels=None):
+        """One update of G on ``n`` fakes (with ``labels`` for a conditional GAN): returns G's loss."""
         z = self.noise(n)
-        with tf.GradientTape() as tape:
+
+        def loss_fn():
             fake = self.generator(self._with_labels(z, labels), training=True)
             # training=False: the generator's step must not move D's dictionary or dropout masks.
-            loss = self.generator_objective(self.discriminator(self._with_labels(fake, labels), training=False))
-        grads = tape.gradient(loss, self.generator.trainable_variables)
-        self.g_optimizer.apply(grads, self.generator.trainable_variables)
+            return self.generator_objective(self.discriminator(self._with_labels(fake, labels), training=False))
+
+        weights = self.generator.trainable_variables
+        loss, _, grads = _util.value_and_grad(loss_fn, weights)
+        self.g_optimizer.apply(grads, weights)
         return loss
 
     def generator_objective(self, fake_logits):
         return generator_loss(fake_logits)
 
-    def train_step(self, data):
+    def training_step(self, data):
         real, labels = self._split(data)
-        d_loss, d_real, d_fake = self._d_step(real, labels)
-        g_loss = self._g_step(ops.shape(real)[0], labels)
-        for name, value in zip(self.metric_names, (d_loss, g_loss, d_real, d_fake)):
-            self.trackers[name].update_state(value)
-        return {name: m.result() for name, m in self.trackers.items()}
+        d_loss, d_real, d_fake = self.discriminator_step(real, labels)
+        g_loss = self.generator_step(ops.shape(real)[0], labels)
+        return self._log(d_loss, g_loss, d_real, d_fake)
 
-    def generate(self, n: int, labels=None, seed=None, batch_size: int = 500) -> np.ndarray:
-        """``n`` samples as a NumPy array (images in [-1, 1]); ``labels`` (n,) for a conditional GAN."""
-        n = _positive_int("n", n)
-        if self.num_classes and labels is None:
-            raise ValueError("a conditional GAN needs labels (n,) to generate.")
-        gen = keras.random.SeedGenerator(seed) if seed is not None else self.seed_generator
+    def _log(self, *values):
+        for name, value in zip(self.metric_names, values):
+            self.trackers[name].update_state(value)
+        return {name: t.result() for name, t in self.trackers.items()}
+
+    def generate(self, n: int, *, seed=None, batch_size: int = 500, progress=None, labels=None) -> np.ndarray:
+        """``n`` samples G(z), z ~ N(0, I), as a NumPy array (images in [-1, 1], the tanh's range).
+
+        Args:
+            n: number of samples.
+            seed: int for reproducible samples (the same seed gives the same samples); None
+                draws from the model's own seed generator.
+            batch_size: samples per generator call.
+            progress: show a progress bar (None: the book's default, quiet under ``smoke``).
+            labels: (n,) int class of each sample; required for a conditional GAN.
+        """
+        n = _util.positive_int("n", n)
+        batch_size = _util.positive_int("batch_size", batch_size)
+        if self.num_classes:
+            if labels is None:
+                raise ValueError("a conditional GAN needs labels (n,) to generate.")
+            labels = np.asarray(labels, dtype="int32").reshape(-1)
+            if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
+                raise ValueError(f"labels must be (n,) = ({n},) ints in [0, {self.num_classes - 1}], "
+                                 f"got shape {labels.shape}.")
+        # All the noise at once, so the samples of a seed do not depend on batch_size.
+        z = ops.convert_to_numpy(keras.random.normal((n, self.latent_dim), seed=seed if seed is not None
+                                                      else self.seed_generator))
         out = []
-        for i in range(0, n, batch_size):
-            m = min(batch_size, n - i)
-            z = keras.random.normal((m, self.latent_dim), seed=gen)
-            inputs = [z, ops.convert_to_tensor(np.asarray(labels[i: i + m], dtype="int32"))] if self.num_classes else z
-            out.append(ops.convert_to_numpy(self.generator(inputs, training=False)))
+        with _util.Progress(n, enabled=progress, unit="sample", label="GAN samples") as bar:
+            for i in range(0, n, batch_size):
+                inputs = [z[i: i + batch_size], labels[i: i + batch_size]] if self.num_classes else z[i: i + batch_size]
+                out.append(ops.convert_to_numpy(self.generator(inputs, training=False)))
+                bar.update(min(n, i + batch_size))
         return np.concatenate(out)
 
     def get_config(self):
         return {**super().get_config(), "generator": keras.saving.serialize_keras_object(self.generator),
                 "discriminator": keras.saving.serialize_keras_object(self.discriminator),
                 "num_classes": self.num_classes, "label_smoothing": self.label_smoothing,
-                "label_flip": self.label_flip, "seed": self.seed}
+                "label_flip": self.label_flip, "commitment_weight": self.commitment_weight, "seed": self.seed}
 
     @classmethod
     def from_config(cls, config):
@@ -496,7 +419,7 @@ class WGANGP(GAN):
     ``m``, then one generator step of ``m`` samples.
 
     Args:
-        generator, discriminator (the critic), num_classes, seed: as for ``GAN``.
+        generator, discriminator (the critic), num_classes, commitment_weight, seed: as for ``GAN``.
         n_critic: critic steps per generator step; the batch size must be a multiple of it.
         gp_weight: lambda, the weight of the penalty.
 
@@ -509,35 +432,34 @@ class WGANGP(GAN):
     def __init__(self, generator, discriminator, n_critic: int = 5, gp_weight: float = 10.0, **kwargs):
         kwargs.pop("label_smoothing", None), kwargs.pop("label_flip", None)
         super().__init__(generator, discriminator, **kwargs)
-        self.n_critic = _positive_int("n_critic", n_critic)
-        if gp_weight < 0:
-            raise ValueError(f"gp_weight must be >= 0, got {gp_weight}.")
-        self.gp_weight = float(gp_weight)
+        self.n_critic = _util.positive_int("n_critic", n_critic)
+        self.gp_weight = _util.number("gp_weight", gp_weight, low=0.0)
 
     def compile(self, d_optimizer=None, g_optimizer=None, **kwargs):
         super().compile(d_optimizer or keras.optimizers.Adam(1e-4, beta_1=0.5, beta_2=0.9),
                         g_optimizer or keras.optimizers.Adam(1e-4, beta_1=0.5, beta_2=0.9), **kwargs)
 
-    def _critic_step(self, real, labels):
-        import tensorflow as tf
-
+    def critic_step(self, real, labels=None):
+        """One update of the critic on real images and as many fakes: returns (loss, gp, w_distance)."""
         fake = self.generator(self._with_labels(self.noise(ops.shape(real)[0]), labels), training=True)
-        with tf.GradientTape() as tape:
-            real_score = ops.mean(self.discriminator(self._with_labels(real, labels), training=True))
-            extra = self._extra_losses()  # read after each call: a call replaces the previous call's losses
-            fake_score = ops.mean(self.discriminator(self._with_labels(fake, labels), training=True))
-            extra = extra + self._extra_losses()
+
+        def loss_fn():
+            real_logits, real_commitment = self.discriminate(real, labels, training=True)
+            fake_logits, fake_commitment = self.discriminate(fake, labels, training=True)
+            real_score, fake_score = ops.mean(real_logits), ops.mean(fake_logits)
             gp = gradient_penalty(self.discriminator, real, fake, seed=self.seed_generator, labels=labels)
             loss = fake_score - real_score + self.gp_weight * gp
-            total = loss + extra
-        grads = tape.gradient(total, self.discriminator.trainable_variables)
-        self.d_optimizer.apply(grads, self.discriminator.trainable_variables)
-        return loss, gp, real_score - fake_score
+            return loss + real_commitment + fake_commitment, (loss, gp, real_score - fake_score)
+
+        weights = self.discriminator.trainable_variables
+        _, (loss, gp, w_distance), grads = _util.value_and_grad(loss_fn, weights)
+        self.d_optimizer.apply(grads, weights)
+        return loss, gp, w_distance
 
     def generator_objective(self, fake_logits):
         return -ops.mean(fake_logits)
 
-    def train_step(self, data):
+    def training_step(self, data):
         x, labels = self._split(data)
         n = ops.shape(x)[0]
         m = n // self.n_critic
@@ -547,11 +469,9 @@ class WGANGP(GAN):
         for i in range(self.n_critic):  # a Python loop: n_critic is fixed, so it unrolls once at tracing
             chunk = x[i * m: (i + 1) * m]
             chunk_labels = labels[i * m: (i + 1) * m] if self.num_classes else None
-            loss, gp, w = self._critic_step(chunk, chunk_labels)
-        g_loss = self._g_step(m, labels[:m] if self.num_classes else None)
-        for name, value in zip(self.metric_names, (loss, g_loss, gp, w)):
-            self.trackers[name].update_state(value)
-        return {name: t.result() for name, t in self.trackers.items()}
+            loss, gp, w = self.critic_step(chunk, chunk_labels)
+        g_loss = self.generator_step(m, labels[:m] if self.num_classes else None)
+        return self._log(loss, g_loss, gp, w)
 
     def get_config(self):
         config = super().get_config()

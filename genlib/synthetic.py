@@ -1,8 +1,8 @@
 """Learning from generated data: dataset distillation, an evaluation protocol, multi-positive contrastive learning.
 
-Dataset distillation optimises a handful of synthetic images per class so that a network
-trained on them alone does as well as possible on real test data. Two objectives that
-avoid unrolling a whole training run:
+Chapter 16 (chapters/16_synthetic_data.ipynb). Dataset distillation optimises a handful of
+synthetic images per class so that a network trained on them alone does as well as possible
+on real test data. Two objectives that avoid unrolling a whole training run:
 
 * **gradient matching** (Zhao et al. 2021): a fresh network's gradient on the synthetic
   images of class ``c`` should point where its gradient on real images of class ``c``
@@ -18,17 +18,16 @@ The pieces:
 * ``build_convnet``: ConvNet-D, the small classifier of the distillation literature
   (conv 3x3, instance norm, ReLU, average pooling, repeated D times; a linear head).
 * ``reinitialize``: draw fresh weights for a network in place (no rebuilding, no retracing).
+* ``weight_gradients``: a network's cross-entropy gradients that can be differentiated once
+  more with respect to the images (gradient matching's second derivative), on every backend.
 * ``SyntheticSet``: the synthetic images (a weight started from real images or noise) and labels.
-* ``distill_gradient_matching``, ``distill_distribution_matching``: the two distillation loops.
+* ``distill_gradient_matching``, ``distill_distribution_matching``: the two distillation loops
+  (``gradient_matching_functions``: gradient matching's compiled per-class step).
 * ``ClassifierEvaluator``: the evaluation protocol (fresh ConvNets trained on a set from
   several seeds; real test accuracy, mean and standard deviation).
 * ``multi_positive_contrastive_loss`` and ``ContrastiveEncoder``: SynCLR / StableRep's loss
   (all images generated from the same caption or class are positives of each other) and an
   encoder trained with it by ``fit``; ``linear_probe`` scores its features.
-
-Keras 3 has no backend-agnostic gradient function, so the one place that needs autodiff
-outside ``fit`` (distillation differentiates *through* a gradient) is ``_value_and_grad``,
-written for TensorFlow, the backend the book ships.
 """
 
 from __future__ import annotations
@@ -39,8 +38,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from genlib._util import compile_step as _compile
-from genlib._util import positive_int as _positive_int
+from genlib import _util
 
 
 def _check_labelled(x, y, num_classes):
@@ -70,10 +68,10 @@ def build_convnet(image_shape=(16, 16, 1), num_classes: int = 10, width: int = 3
     Shapes: (batch, H, W, C) -> (batch, num_classes) logits. The layers ``block_{i}`` (the
     pooled output of block i) and ``features`` (the flattened last block) give embeddings.
     """
-    image_shape = tuple(int(s) for s in image_shape)
-    if len(image_shape) != 3 or min(image_shape[:2]) < 2 ** _positive_int("depth", depth):
+    image_shape = _util.shape("image_shape", image_shape, rank=3)
+    if min(image_shape[:2]) < 2 ** _util.positive_int("depth", depth):
         raise ValueError(f"image_shape must be (H, W, C) with H, W >= 2**depth = {2 ** depth}, got {image_shape}.")
-    width, num_classes = _positive_int("width", width), _positive_int("num_classes", num_classes, 2)
+    width, num_classes = _util.positive_int("width", width), _util.positive_int("num_classes", num_classes, 2)
     x = keras.Input(image_shape, name="images")
     h = x
     for i in range(depth):
@@ -116,24 +114,36 @@ def reinitialize(model: keras.Model, seed: int) -> None:
             weight.assign(init(weight.shape, dtype=weight.dtype))
 
 
-def _value_and_grad(fn, variables):
-    """``(fn(), d fn / d variables)``. The one backend-specific function of this module.
+def _mean_cross_entropy(labels, logits):
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
 
-    Keras 3 offers gradients only inside ``fit``; distillation needs them outside it, and
-    gradient matching differentiates through a gradient. TensorFlow's tapes nest: a call made
-    inside ``fn`` of an outer call is recorded by the outer tape, which gives the second
-    derivative. (On JAX this would be ``jax.value_and_grad``.)
+
+def weight_gradients(convnet: keras.Model, images, labels) -> list:
+    """The mean cross-entropy's gradients w.r.t. ``convnet``'s trainable weights, differentiable w.r.t. ``images``.
+
+    Gradient matching differentiates the synthetic images' gradient once more: a second
+    derivative. ``_util.value_and_grad`` returns final gradients (PyTorch keeps no graph of
+    them), so here the loss is written as a pure function of one vector holding every weight
+    (``stateless_call`` runs the network on given weight values) and differentiated by
+    ``_util.input_gradient``, whose result stays differentiable on every backend.
+
+    Shapes: images (batch, H, W, C), labels (batch,) int. Returns one tensor per weight of
+    ``convnet.trainable_variables``, in that order, each of its weight's shape.
     """
-    import tensorflow as tf
+    variables = convnet.trainable_variables
+    shapes = [tuple(v.shape) for v in variables]
+    ends = [int(e) for e in np.cumsum([int(np.prod(s)) for s in shapes])]
 
-    with tf.GradientTape() as tape:
-        for v in variables:  # plain tensors must be watched; variables are watched already
-            if not isinstance(v, keras.Variable):
-                tape.watch(v)
-        value = fn()
-    return value, tape.gradient(value, variables)
+    def unflatten(flat):
+        return [ops.reshape(part, s) for part, s in zip(ops.split(flat, ends[:-1]), shapes)]
 
+    def loss_of(flat):
+        fixed = [v.value for v in convnet.non_trainable_variables]
+        logits, _ = convnet.stateless_call(unflatten(flat), fixed, images, training=True)
+        return _mean_cross_entropy(labels, logits)
 
+    flat = ops.concatenate([ops.reshape(v.value, (-1,)) for v in variables])
+    return unflatten(_util.input_gradient(loss_of, flat))
 
 
 # ---------------------------------------------------------------------------
@@ -203,11 +213,9 @@ class SyntheticSet(keras.layers.Layer):
     def __init__(self, image_shape=(16, 16, 1), num_classes: int = 10, images_per_class: int = 1, seed=None,
                  **kwargs):
         super().__init__(**kwargs)
-        self.image_shape = tuple(int(s) for s in image_shape)
-        if len(self.image_shape) != 3:
-            raise ValueError(f"image_shape must be (H, W, C), got {image_shape}.")
-        self.num_classes = _positive_int("num_classes", num_classes, 2)
-        self.images_per_class = _positive_int("images_per_class", images_per_class)
+        self.image_shape = _util.shape("image_shape", image_shape, rank=3)
+        self.num_classes = _util.positive_int("num_classes", num_classes, 2)
+        self.images_per_class = _util.positive_int("images_per_class", images_per_class)
         self.seed = seed
         self.images = self.add_weight(name="images", shape=(self.num_classes * self.images_per_class,
                                                             *self.image_shape),
@@ -259,70 +267,72 @@ def _class_batches(y, num_classes, per_class):
 
 def _distill(step, synthetic, x_real, y_real, iterations, real_per_class, convnet, seed, progress, reinit=True):
     """The loop both methods share: a fresh network and a class-balanced real batch per iteration."""
-    iterations = _positive_int("iterations", iterations)
-    real_per_class = _positive_int("real_per_class", real_per_class)
+    iterations = _util.positive_int("iterations", iterations)
+    real_per_class = _util.positive_int("real_per_class", real_per_class)
     x_real, y_real = _check_labelled(x_real, y_real, synthetic.num_classes)
     draw = _class_batches(y_real, synthetic.num_classes, real_per_class)
     rng = np.random.default_rng(seed)
-    tracker = keras.metrics.Mean(name="matching_loss")
-    bar = keras.utils.Progbar(iterations, verbose=1 if progress else 0, stateful_metrics=["matching_loss"])
     losses = []
-    for it in range(iterations):
-        if reinit:
-            reinitialize(convnet, seed=int(rng.integers(2**31)))
-        loss = float(step(ops.convert_to_tensor(x_real[draw(rng)])))
-        tracker.update_state(loss)
-        losses.append(loss)
-        bar.update(it + 1, values=[("matching_loss", loss)])
+    with _util.Progress(iterations, enabled=progress, unit="iteration", label="distillation") as bar:
+        for it in range(iterations):
+            if reinit:
+                reinitialize(convnet, seed=int(rng.integers(2**31)))
+            losses.append(float(ops.convert_to_numpy(step(ops.convert_to_tensor(x_real[draw(rng)])))))
+            bar.update(it + 1, {"matching_loss": losses[-1]})
     return {"loss": losses}
 
 
 _GM_FUNCTIONS = weakref.WeakKeyDictionary()  # convnet -> {network learning rate: compiled functions}
 
 
-def _gradient_matching_functions(convnet, network_learning_rate):
-    """The compiled per-class matching step and network update for ``convnet``, traced once and kept.
+def gradient_matching_functions(convnet: keras.Model, network_learning_rate: float):
+    """Gradient matching's two compiled steps for ``convnet``: ``(class_match, network_step)``.
 
-    Tracing the second-order step costs seconds; keeping it per network means a second
-    distillation (or a measurement) with the same network reuses the graph.
+    ``class_match(real_c, syn_c, c) -> (D_c, dD_c/dsyn_c)`` for the real and synthetic images
+    of class ``c`` (an int32 scalar); ``network_step(images, labels)`` takes one SGD step of
+    ``convnet`` on the synthetic set. Compiled once per network and kept: compiling the
+    second-order step costs seconds, so a second distillation (or a measurement) with the
+    same network reuses it.
     """
     cache = _GM_FUNCTIONS.setdefault(convnet, {})
     if network_learning_rate in cache:
         return cache[network_learning_rate]
-    weights = [w for w in convnet.trainable_weights if len(w.shape) >= 2]  # what the distance compares
+    weights = convnet.trainable_variables  # the distance compares the kernels among them
 
     def cross_entropy(images, labels):
-        logits = convnet(images, training=True)
-        return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+        return _mean_cross_entropy(labels, convnet(images, training=True))
 
     def class_match(real_c, syn_c, c):
         # D_c depends on class c's synthetic images only, so each class's share of the image
-        # gradient is computed on its own: one traced graph serves all classes.
+        # gradient is computed on its own: one compiled function serves all classes.
         labels_real = ops.full((ops.shape(real_c)[0],), c, dtype="int32")
         labels_syn = ops.full((ops.shape(syn_c)[0],), c, dtype="int32")
+        # The target: the network's gradient on real images of class c, a constant.
+        _, _, g_real = _util.value_and_grad(lambda: cross_entropy(real_c, labels_real), weights)
+        g_real = [ops.stop_gradient(g) for g in g_real]
 
-        def distance():
-            _, g_real = _value_and_grad(lambda: cross_entropy(real_c, labels_real), weights)
-            _, g_syn = _value_and_grad(lambda: cross_entropy(syn_c, labels_syn), weights)
-            return gradient_matching_distance([ops.stop_gradient(g) for g in g_real], g_syn)
+        def distance(syn_c):
+            return gradient_matching_distance(g_real, weight_gradients(convnet, syn_c, labels_syn))
 
-        loss, (grad,) = _value_and_grad(distance, [syn_c])
-        return loss, grad
+        # dD/dsyn_c goes through the synthetic images' gradient: a second derivative.
+        return distance(syn_c), _util.input_gradient(distance, syn_c)
 
     def network_step(images, labels):
-        _, grads = _value_and_grad(lambda: cross_entropy(images, labels), convnet.trainable_weights)
-        for w, g in zip(convnet.trainable_weights, grads):
+        _, _, grads = _util.value_and_grad(lambda: cross_entropy(images, labels), weights)
+        for w, g in zip(weights, grads):
             w.assign_sub(network_learning_rate * g)
         return 0.0
 
-    cache[network_learning_rate] = (_compile(class_match), _compile(network_step))
+    state = convnet.variables  # JAX: the weights are inputs of the compiled steps, not constants
+    cache[network_learning_rate] = (_util.compile_step(class_match, state=state),
+                                    _util.compile_step(network_step, state=state))
     return cache[network_learning_rate]
 
 
 def distill_gradient_matching(synthetic: SyntheticSet, x_real, y_real, iterations: int = 100,
                               real_per_class: int = 64, learning_rate: float = 0.1, matches_per_network: int = 1,
                               network_steps: int = 0, network_learning_rate: float = 0.01, convnet=None,
-                              clip=(-1.0, 1.0), seed: int = 0, progress: bool = False,
+                              clip=(-1.0, 1.0), seed: int = 0, progress=None,
                               redraw_network: bool = True) -> dict:
     """Dataset condensation by gradient matching (Zhao, Mopuri & Bilen 2021).
 
@@ -339,34 +349,35 @@ def distill_gradient_matching(synthetic: SyntheticSet, x_real, y_real, iteration
         x_real, y_real: real images (N, H, W, C) and labels (N,).
         convnet: the network to draw (default ``build_convnet`` for the image shape).
         clip: keep the images in this range after each step (None: no clipping).
+        progress: show a progress bar over the iterations (None: shown except under ``smoke``).
         redraw_network: draw a fresh network every iteration (the method); False keeps the
             network as it is, which turns the loop into plain minimisation of one loss.
 
     Returns {"loss": [matching loss per iteration (its first match)]}.
     """
     convnet = convnet or build_convnet(synthetic.image_shape, synthetic.num_classes)
-    matches = _positive_int("matches_per_network", matches_per_network)
-    network_steps = _positive_int("network_steps", network_steps, 0)
-    optimizer = keras.optimizers.SGD(learning_rate, momentum=0.5)
+    matches = _util.positive_int("matches_per_network", matches_per_network)
+    network_steps = _util.positive_int("network_steps", network_steps, 0)
+    optimizer = keras.optimizers.SGD(_util.number("learning_rate", learning_rate, 0.0), momentum=0.5)
     optimizer.build([synthetic.images])
     ncls, ipc = synthetic.num_classes, synthetic.images_per_class
 
-    class_match, network_step = _gradient_matching_functions(convnet, network_learning_rate)
+    class_match, network_step = gradient_matching_functions(convnet, network_learning_rate)
     labels = ops.convert_to_tensor(synthetic.labels)
 
     def step(x_real):
         real = ops.reshape(x_real, (ncls, -1, *synthetic.image_shape))
         first = None
         for m in range(matches):
-            syn = ops.reshape(ops.convert_to_tensor(synthetic.images), (ncls, ipc, *synthetic.image_shape))
+            syn = ops.reshape(ops.stop_gradient(synthetic.images.value), (ncls, ipc, *synthetic.image_shape))
             results = [class_match(real[c], syn[c], ops.convert_to_tensor(c, "int32")) for c in range(ncls)]
             grad = ops.concatenate([g for _, g in results], axis=0)
             optimizer.apply([grad], [synthetic.images])
             if clip is not None:
                 synthetic.images.assign(ops.clip(synthetic.images, clip[0], clip[1]))
-            first = sum(float(loss) for loss, _ in results) if first is None else first
+            first = sum(float(ops.convert_to_numpy(loss)) for loss, _ in results) if first is None else first
             if m + 1 < matches:  # after the last match the next iteration draws a new network anyway
-                images = ops.convert_to_tensor(synthetic.images)
+                images = ops.stop_gradient(synthetic.images.value)
                 for _ in range(network_steps):
                     network_step(images, labels)
         return first
@@ -377,7 +388,7 @@ def distill_gradient_matching(synthetic: SyntheticSet, x_real, y_real, iteration
 
 def distill_distribution_matching(synthetic: SyntheticSet, x_real, y_real, iterations: int = 100,
                                   real_per_class: int = 64, learning_rate: float = 1.0, multi_layer: bool = False,
-                                  convnet=None, clip=(-1.0, 1.0), seed: int = 0, progress: bool = False,
+                                  convnet=None, clip=(-1.0, 1.0), seed: int = 0, progress=None,
                                   redraw_network: bool = True) -> dict:
     """Dataset condensation by distribution matching (Zhao & Bilen 2023).
 
@@ -391,7 +402,7 @@ def distill_distribution_matching(synthetic: SyntheticSet, x_real, y_real, itera
     """
     convnet = convnet or build_convnet(synthetic.image_shape, synthetic.num_classes)
     embed = embedding_model(convnet, multi_layer)
-    optimizer = keras.optimizers.SGD(learning_rate, momentum=0.5)
+    optimizer = keras.optimizers.SGD(_util.number("learning_rate", learning_rate, 0.0), momentum=0.5)
     optimizer.build([synthetic.images])
     ncls = synthetic.num_classes
 
@@ -406,13 +417,15 @@ def distill_distribution_matching(synthetic: SyntheticSet, x_real, y_real, itera
             syn = by_class(embed(synthetic.images, training=True))
             return sum(distribution_matching_distance([r[c] for r in real], [s[c] for s in syn]) for c in range(ncls))
 
-        loss, (grad,) = _value_and_grad(loss_fn, [synthetic.images])
+        loss, _, (grad,) = _util.value_and_grad(loss_fn, [synthetic.images])
         optimizer.apply([grad], [synthetic.images])
         if clip is not None:
             synthetic.images.assign(ops.clip(synthetic.images, clip[0], clip[1]))
         return loss
 
-    return _distill(_compile(step), synthetic, x_real, y_real, iterations, real_per_class, convnet, seed, progress,
+    # JAX: everything the step reads or writes goes in and out of the compiled function.
+    step = _util.compile_step(step, state=[*convnet.variables, synthetic.images, *optimizer.variables])
+    return _distill(step, synthetic, x_real, y_real, iterations, real_per_class, convnet, seed, progress,
                     redraw_network)
 
 
@@ -441,7 +454,7 @@ class ClassifierEvaluator:
     def __init__(self, x_test, y_test, num_classes: int = 10, width: int = 32, depth: int = 3, steps: int = 300,
                  batch_size: int = 256, learning_rate: float = 0.01):
         self.x_test, self.y_test = _check_labelled(x_test, y_test, num_classes)
-        self.steps, self.batch_size = _positive_int("steps", steps), _positive_int("batch_size", batch_size)
+        self.steps, self.batch_size = _util.positive_int("steps", steps), _util.positive_int("batch_size", batch_size)
         self.model = build_convnet(self.x_test.shape[1:], num_classes, width, depth)
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay([self.steps // 2],
                                                                       [learning_rate, learning_rate / 10])
@@ -495,8 +508,7 @@ def multi_positive_contrastive_loss(embeddings, groups, temperature: float = 0.1
 
     Shapes: embeddings (batch, D), groups (batch,) int. Returns a scalar.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    temperature = _util.number("temperature", temperature, 0.0, low_open=True)
     z = embeddings / (ops.norm(embeddings, axis=-1, keepdims=True) + 1e-12)
     n = ops.shape(z)[0]
     eye = ops.eye(n, dtype=z.dtype)
@@ -529,12 +541,10 @@ class ContrastiveEncoder(keras.Model):
     def __init__(self, image_shape=(16, 16, 1), width: int = 32, depth: int = 3, projection_dim: int = 64,
                  temperature: float = 0.1, **kwargs):
         super().__init__(**kwargs)
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.width, self.depth = width, depth
-        self.projection_dim = _positive_int("projection_dim", projection_dim)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        self.temperature = float(temperature)
+        self.image_shape = _util.shape("image_shape", image_shape, rank=3)
+        self.width, self.depth = _util.positive_int("width", width), _util.positive_int("depth", depth)
+        self.projection_dim = _util.positive_int("projection_dim", projection_dim)
+        self.temperature = _util.number("temperature", temperature, 0.0, low_open=True)
         self.encoder = embedding_model(build_convnet(self.image_shape, 2, width, depth, name="encoder"))
         self.projection = keras.Sequential([layers.Dense(2 * self.projection_dim, activation="relu"),
                                             layers.Dense(self.projection_dim)], name="projection")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -113,7 +114,10 @@ def fit_or_load(model: keras.Model, name: str, *fit_args, **fit_kwargs) -> dict:
     weights, history_path = folder / f"{stem}.weights.h5", folder / f"{stem}.history.json"
     backup, partial = folder / f"{stem}.backup", folder / f"{stem}.history.partial.json"
     if weights.exists() and history_path.exists():
-        model.load_weights(weights)
+        with warnings.catch_warnings():
+            # A checkpoint holds the optimizer's slots; a model loaded to sample never builds them.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(weights)
         return json.loads(history_path.read_text())
     if partial.exists() and not backup.exists():
         partial.unlink()  # a log without a backup to resume from belongs to a run that starts over

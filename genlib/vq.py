@@ -1,18 +1,23 @@
-"""Discrete latents: the vector quantiser and the VQ-VAE.
+"""Discrete latents: the vector quantiser, the VQ-VAE and two-stage generation.
+
+Chapter 10 (chapters/10_vq.ipynb); chapter 3 (chapters/03_gan.ipynb) uses the same quantiser
+inside a GAN's discriminator (feature quantisation).
 
 A VQ-VAE (van den Oord et al. 2017) encodes an image into a grid of vectors, replaces each
 vector by its nearest entry of a learned **codebook**, and decodes the grid of codebook
 entries back to an image. The image becomes a grid of integers (codebook indices): tokens
 that an autoregressive model (a PixelCNN, a transformer) can learn as a second stage.
 
-* ``VectorQuantizer``: nearest codebook entry, straight-through gradient, the codebook and
-  commitment losses (``vq_losses``), an optional exponential-moving-average (EMA) codebook
-  and restarts of dead codes.
+* ``VectorQuantizer``: nearest codebook entry, straight-through gradient, an optional
+  exponential-moving-average (EMA) codebook, restarts of dead codes and a codebook drawn
+  from the first batch. ``vq_losses``: the codebook and commitment losses.
 * ``codebook_perplexity``, ``codes_used``: how many codes a batch of indices really uses.
 * ``VQVAE``: strided conv encoder -> quantiser -> transposed conv decoder, trained with ``fit``.
+* ``TwoStageGenerator``: a prior over token grids followed by the VQ-VAE's decoder, with the
+  book's ``generate(n, seed=...)``.
 
-Variables change inside ``call`` (EMA statistics, restarts), as in batch normalisation; this
-is what the TensorFlow backend, which the book ships with, supports.
+Variables change inside ``call`` in training mode (EMA statistics, restarts), as in batch
+normalisation; all of it is ``keras.ops``, so it runs on every Keras backend.
 """
 
 from __future__ import annotations
@@ -23,11 +28,8 @@ import keras
 import numpy as np
 from keras import ops
 
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
-    return int(value)
+from genlib import _util
+from genlib.distributions import nearest
 
 
 def codebook_perplexity(indices, num_codes: int):
@@ -81,26 +83,30 @@ class VectorQuantizer(keras.layers.Layer):
         decay: gamma in [0, 1), the EMA decay of the codebook statistics and of the code usage.
         restart_threshold: a code whose EMA share of assignments falls below
             ``restart_threshold / K`` (the uniform share times this factor) is *dead* and is
-            moved onto a random encoder output of the current batch. 0 disables restarts.
+            moved onto a random input vector of the current batch. 0 disables restarts.
+        init_from_data: on the first training call, set the codebook to K vectors drawn from
+            the batch. A random codebook far from the inputs would send every vector to the same
+            few codes, and the others would never move (feature quantisation in a GAN uses this).
         codebook_initializer: initialiser of the (K, D) codebook.
-        seed: int seed of the restarts' random choices.
+        seed: int seed of the restarts' and the initialisation's random choices.
 
     Shapes: ``call(z_e)`` with z_e (..., D) returns ``(z_q, indices)``: z_q (..., D) equals the
     nearest codebook rows in value and has the identity as gradient w.r.t. z_e (straight
-    through); indices (...,) int32. With ``training=True`` the EMA statistics, the usage and the
-    restarts are updated.
+    through); indices (...,) int32. ``return_codes=True`` adds the chosen rows (..., D) with
+    their gradient w.r.t. the codebook (for ``vq_losses``). With ``training=True`` the codebook
+    statistics are updated *after* the lookup: z_q and the codes are the rows that chose the
+    indices, not rows a restart has just moved.
     """
 
     def __init__(self, num_codes: int, code_dim: int, ema: bool = False, decay: float = 0.99,
-                 restart_threshold: float = 0.0, codebook_initializer="random_uniform", seed=None, **kwargs):
+                 restart_threshold: float = 0.0, init_from_data: bool = False,
+                 codebook_initializer="random_uniform", seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.num_codes = _check_int("num_codes", num_codes, 2)
-        self.code_dim = _check_int("code_dim", code_dim, 1)
-        if not 0.0 <= float(decay) < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
-        if float(restart_threshold) < 0.0:
-            raise ValueError(f"restart_threshold must be >= 0 (0 disables restarts), got {restart_threshold!r}.")
-        self.ema, self.decay, self.restart_threshold = bool(ema), float(decay), float(restart_threshold)
+        self.num_codes = _util.positive_int("num_codes", num_codes, 2)
+        self.code_dim = _util.positive_int("code_dim", code_dim)
+        self.decay = _util.fraction("decay", decay)
+        self.restart_threshold = _util.number("restart_threshold (0 disables restarts)", restart_threshold, low=0.0)
+        self.ema, self.init_from_data = bool(ema), bool(init_from_data)
         self.codebook_initializer = keras.initializers.get(codebook_initializer)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -119,65 +125,81 @@ class VectorQuantizer(keras.layers.Layer):
         self.ema_sum = self.add_weight(name="ema_sum", shape=(k, d), initializer="zeros", trainable=False)
         self.usage = self.add_weight(name="usage", shape=(k,), trainable=False,
                                      initializer=keras.initializers.Constant(1.0 / k))
+        if self.init_from_data:
+            self.initialized = self.add_weight(name="initialized", shape=(), initializer="zeros", trainable=False)
 
     def nearest(self, flat):
         """Index of the nearest code for each row of ``flat`` (N, D): (N,) int32."""
-        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2, one matrix product instead of an (N, K, D) tensor.
-        distances = (ops.sum(ops.square(flat), axis=1, keepdims=True) - 2.0 * ops.matmul(flat, ops.transpose(
-            self.codebook)) + ops.sum(ops.square(self.codebook), axis=1)[None, :])
-        return ops.cast(ops.argmin(distances, axis=1), "int32")
+        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2: one matrix product, not an (N, K, D) tensor.
+        return nearest(flat, self.codebook)
 
     def lookup(self, indices):
         """Codebook rows for integer ``indices`` (...,) -> (..., D); differentiable w.r.t. the codebook."""
         return ops.take(self.codebook, ops.cast(indices, "int32"), axis=0)
 
-    def call(self, z_e, training=False):
+    def call(self, z_e, training=False, return_codes=False):
         if z_e.shape[-1] != self.code_dim:
             raise ValueError(f"expected inputs (..., {self.code_dim}), got shape {tuple(z_e.shape)}.")
         flat = ops.reshape(z_e, (-1, self.code_dim))
+        if training and self.init_from_data:
+            self.initialize_from(flat)
         indices = self.nearest(flat)
-        if training:
-            self._update(flat, indices)
         codes = ops.reshape(self.lookup(indices), ops.shape(z_e))
+        if training:  # after the lookup: the output uses the codebook that chose the indices
+            self.update_codebook(flat, indices)
         # Straight-through: the value of the codes, the gradient of the identity (argmin has none).
         # Written as sg(e) + (z - sg(z)) rather than z + sg(e - z): z - z is exactly 0 in floating
         # point, so z_q is exactly a codebook row; and no decoder gradient reaches the codebook.
         z_q = ops.stop_gradient(codes) + (z_e - ops.stop_gradient(z_e))
-        return z_q, ops.reshape(indices, ops.shape(z_e)[:-1])
+        indices = ops.reshape(indices, ops.shape(z_e)[:-1])
+        return (z_q, indices, codes) if return_codes else (z_q, indices)
 
-    def _update(self, flat, indices):
-        one_hot = ops.one_hot(indices, self.num_codes)  # (N, K)
+    def update_codebook(self, flat, indices):
+        """One training step of the codebook statistics, given vectors ``flat`` (N, D) and their codes (N,).
+
+        The usage share of every code is averaged; under EMA each code moves to the running mean
+        of the vectors assigned to it; then dead codes are restarted (``restart_threshold > 0``).
+        """
+        flat = ops.stop_gradient(ops.convert_to_tensor(flat))  # statistics of the inputs, not a path for gradients
+        one_hot = ops.one_hot(indices, self.num_codes, dtype=flat.dtype)  # (N, K)
         counts = ops.sum(one_hot, axis=0)
         g = self.decay
-        self.usage.assign(g * self.usage + (1.0 - g) * counts / ops.cast(ops.shape(flat)[0], "float32"))
+        self.usage.assign(g * self.usage + (1.0 - g) * counts / ops.cast(ops.shape(flat)[0], flat.dtype))
         if self.ema:
             self.ema_count.assign(g * self.ema_count + (1.0 - g) * counts)
             self.ema_sum.assign(g * self.ema_sum + (1.0 - g) * ops.matmul(ops.transpose(one_hot), flat))
             # A code's new value is the running mean of the vectors assigned to it.
             safe = ops.maximum(self.ema_count, 1e-6)[:, None]
-            self.codebook.assign(ops.where(self.ema_count[:, None] > 1e-6, self.ema_sum / safe, self.codebook))
+            self.codebook.assign(ops.where(self.ema_count[:, None] > 1e-6, self.ema_sum / safe, self.codebook.value))
         if self.restart_threshold > 0:
-            self._restart_dead(flat)
+            self.restart_dead_codes(flat)
 
-    def _restart_dead(self, flat):
+    def restart_dead_codes(self, flat):
+        """Move every code whose usage share is below ``restart_threshold / K`` onto a random row of ``flat``."""
         k = self.num_codes
         dead = self.usage < self.restart_threshold / k  # (K,) bool
-        # A random encoder output of this batch for every code; only dead codes take theirs.
+        # A random input vector of this batch for every code; only dead codes take theirs.
         n = ops.cast(ops.shape(flat)[0], "float32")
         pick = ops.cast(ops.floor(keras.random.uniform((k,), seed=self.seed_generator) * n), "int32")
         candidates = ops.take(flat, ops.minimum(pick, ops.cast(n, "int32") - 1), axis=0)
-        self.codebook.assign(ops.where(dead[:, None], candidates, self.codebook))
+        self.codebook.assign(ops.where(dead[:, None], candidates, self.codebook.value))
         # A restarted code gets the uniform share and one fresh count: time to attract vectors.
-        self.ema_sum.assign(ops.where(dead[:, None], candidates, self.ema_sum))
-        self.ema_count.assign(ops.where(dead, 1.0, self.ema_count))
-        self.usage.assign(ops.where(dead, 1.0 / k, self.usage))
+        self.ema_sum.assign(ops.where(dead[:, None], candidates, self.ema_sum.value))
+        self.ema_count.assign(ops.where(dead, 1.0, self.ema_count.value))
+        self.usage.assign(ops.where(dead, 1.0 / k, self.usage.value))
 
-    def compute_output_shape(self, input_shape):
-        return input_shape, input_shape[:-1]
+    def initialize_from(self, flat):
+        """On the first training call only, set the codebook to K rows of ``flat`` (N, D) drawn at random."""
+        first = self.initialized < 0.5  # a flag, not Python control flow, so it works inside a compiled step
+        picks = keras.random.randint((self.num_codes,), 0, ops.shape(flat)[0], seed=self.seed_generator)
+        drawn = ops.take(ops.stop_gradient(flat), picks, axis=0)
+        self.codebook.assign(ops.where(first, drawn, self.codebook.value))
+        self.initialized.assign(1.0)
 
     def get_config(self):
         return {**super().get_config(), "num_codes": self.num_codes, "code_dim": self.code_dim, "ema": self.ema,
                 "decay": self.decay, "restart_threshold": self.restart_threshold,
+                "init_from_data": self.init_from_data,
                 "codebook_initializer": keras.initializers.serialize(self.codebook_initializer), "seed": self.seed}
 
 
@@ -198,30 +220,31 @@ class VQVAE(keras.Model):
         code_dim: D, channels of each latent vector.
         filters: channels of the strided convolutions, e.g. (32, 64): 28×28 -> 7×7.
         beta: weight of the commitment loss.
-        ema, decay, restart_threshold, seed: passed to ``VectorQuantizer``.
+        ema, decay, restart_threshold, seed: passed to ``VectorQuantizer``. (Restarts of a
+            gradient-trained codebook, ``ema=False``, take effect on TensorFlow and PyTorch;
+            JAX's ``fit`` keeps only the optimizer's update of a trainable variable.)
 
     ``call(x)`` returns a dict: ``reconstruction`` (batch, H, W, 1), ``z_e`` (batch, h, w, D),
-    ``indices`` (batch, h, w) int32. Tracked metrics: ``loss``, ``recon_mse``, ``codebook_loss``,
-    ``commitment_loss``, ``perplexity`` and ``codes_used`` (of each batch's indices).
+    ``codes`` (batch, h, w, D) the chosen codebook rows, ``indices`` (batch, h, w) int32.
+    Tracked metrics: ``loss``, ``recon_mse``, ``codebook_loss``, ``commitment_loss``,
+    ``perplexity`` and ``codes_used`` (of each batch's indices).
     """
 
     def __init__(self, image_shape=(28, 28, 1), num_codes: int = 64, code_dim: int = 16, filters=(32, 64),
                  beta: float = 0.25, ema: bool = True, decay: float = 0.99, restart_threshold: float = 0.1,
                  seed=None, **kwargs):
         super().__init__(**kwargs)
-        image_shape = tuple(int(s) for s in image_shape)
-        filters = tuple(int(f) for f in filters)
-        if len(image_shape) != 3 or image_shape[-1] != 1:
+        image_shape = _util.shape("image_shape", image_shape, 3)
+        if image_shape[-1] != 1:
             raise ValueError(f"image_shape must be (H, W, 1), got {image_shape}.")
-        if not filters or min(filters) < 1:
+        filters = _util.shape("filters", filters)
+        if not filters:
             raise ValueError(f"filters must be a non-empty list of positive ints, got {filters}.")
         stride = 2 ** len(filters)
         if image_shape[0] % stride or image_shape[1] % stride:
             raise ValueError(f"{len(filters)} stride-2 layers need H and W divisible by {stride}, "
                              f"got image_shape {image_shape}.")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta!r}.")
-        self.image_shape, self.filters, self.beta = image_shape, filters, float(beta)
+        self.image_shape, self.filters, self.beta = image_shape, filters, _util.number("beta", beta, low=0.0)
         self.grid_shape = (image_shape[0] // stride, image_shape[1] // stride)
         self.quantizer = VectorQuantizer(num_codes, code_dim, ema=ema, decay=decay,
                                          restart_threshold=restart_threshold, seed=seed, name="quantizer")
@@ -257,14 +280,15 @@ class VQVAE(keras.Model):
     def call(self, x, training=False):
         self._check_images(x)
         z_e = self.encoder(x, training=training)
-        z_q, indices = self.quantizer(z_e, training=training)
-        return {"reconstruction": self.decoder(z_q, training=training), "z_e": z_e, "indices": indices}
+        z_q, indices, codes = self.quantizer(z_e, training=training, return_codes=True)
+        return {"reconstruction": self.decoder(z_q, training=training), "z_e": z_e, "codes": codes,
+                "indices": indices}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if y_pred is None:
             y_pred = self(x, training=training)
         recon = ops.mean(ops.square(x - y_pred["reconstruction"]))
-        codebook_loss, commitment_loss = vq_losses(y_pred["z_e"], self.quantizer.lookup(y_pred["indices"]))
+        codebook_loss, commitment_loss = vq_losses(y_pred["z_e"], y_pred["codes"])
         loss = recon + self.beta * commitment_loss
         if not self.quantizer.ema:  # under EMA the codebook follows its running means instead
             loss = loss + codebook_loss
@@ -282,6 +306,7 @@ class VQVAE(keras.Model):
         """Images (N, H, W, 1) -> code indices (N, h, w, 1) int32, the token grid (NumPy)."""
         x = np.asarray(x, dtype="float32")
         self._check_images(x)
+        batch_size = _util.positive_int("batch_size", batch_size)
         out = [ops.convert_to_numpy(self.quantizer(self.encoder(x[i: i + batch_size]))[1])
                for i in range(0, len(x), batch_size)]
         return np.concatenate(out)[..., None].astype("int32")
@@ -293,6 +318,7 @@ class VQVAE(keras.Model):
         if q.ndim != 3 or q.shape[1:] != self.grid_shape or q.min() < 0 or q.max() >= self.num_codes:
             raise ValueError(f"expected indices (N, {self.grid_shape[0]}, {self.grid_shape[1]}) in "
                              f"[0, {self.num_codes - 1}], got shape {q.shape}.")
+        batch_size = _util.positive_int("batch_size", batch_size)
         out = [ops.convert_to_numpy(self.decoder(self.quantizer.lookup(q[i: i + batch_size])))
                for i in range(0, len(q), batch_size)]
         return np.concatenate(out)
@@ -310,3 +336,41 @@ class VQVAE(keras.Model):
         return {**super().get_config(), "image_shape": self.image_shape, "num_codes": self.num_codes,
                 "code_dim": self.code_dim, "filters": self.filters, "beta": self.beta, "ema": q.ema,
                 "decay": q.decay, "restart_threshold": q.restart_threshold, "seed": self.seed}
+
+
+class TwoStageGenerator:
+    """Two-stage generation: a prior samples a grid of code indices, the VQ-VAE's decoder draws it.
+
+    Args:
+        vqvae: a trained ``VQVAE`` (its codebook and decoder).
+        prior: a model of token grids with ``generate(n, *, seed, batch_size, progress[, temperature])``
+            returning code indices (n, h, w) or (n, h, w, 1) in 0..K-1: e.g. a
+            ``genlib.autoregressive.PixelCNN(image_shape=(h, w, 1), levels=K)`` fitted to
+            ``vqvae.encode(x_train)``, or ``genlib.baselines.PixelCategorical(K)`` (independent positions).
+    """
+
+    def __init__(self, vqvae: VQVAE, prior):
+        if not isinstance(vqvae, VQVAE):
+            raise ValueError(f"vqvae must be a genlib.vq.VQVAE, got {type(vqvae).__name__}.")
+        if not callable(getattr(prior, "generate", None)):
+            raise ValueError(f"prior must have a generate(n, seed=...) method, got {type(prior).__name__}.")
+        self.vqvae, self.prior = vqvae, prior
+
+    def sample_tokens(self, n: int, *, seed=None, batch_size: int = 500, progress=None,
+                      temperature: float = 1.0) -> np.ndarray:
+        """``n`` token grids from the prior: (n, h, w, 1) int32 code indices."""
+        n = _util.positive_int("n", n)
+        # A prior without a temperature (independent positions) is asked only at the default.
+        options = {} if temperature == 1.0 else {"temperature": temperature}
+        q = np.asarray(self.prior.generate(n, seed=seed, batch_size=batch_size, progress=progress, **options))
+        q = q.reshape(n, *self.vqvae.grid_shape, 1)
+        return np.rint(q).astype("int32")  # a prior may return its integer levels as floats
+
+    def generate(self, n: int, *, seed=None, batch_size: int = 500, progress=None,
+                 temperature: float = 1.0) -> np.ndarray:
+        """``n`` images (n, H, W, 1) in [0, 1]: tokens from the prior, decoded. Same seed, same images.
+
+        ``temperature`` divides the prior's logits (below 1: safer, less varied token grids).
+        """
+        tokens = self.sample_tokens(n, seed=seed, batch_size=batch_size, progress=progress, temperature=temperature)
+        return self.vqvae.decode(tokens, batch_size)

@@ -1,5 +1,6 @@
 """Tests of genlib.ebm: Langevin on a known Gaussian, descent without noise, the replay buffer,
-clamping for inpainting, contrastive-divergence training, saving, bad arguments."""
+clamping for inpainting, contrastive-divergence training, generate, saving, bad arguments.
+Backend-neutral: they run under TensorFlow, JAX and PyTorch."""
 
 import keras
 import numpy as np
@@ -13,7 +14,9 @@ MU = np.array([1.0, -2.0], "float32")
 
 def quadratic_energy(x):
     """E(x) = 1/2 sum_i lam_i (x_i - mu_i)^2: exp(-E) is N(mu, diag(1 / lam))."""
-    return 0.5 * keras.ops.sum(LAM * (x - MU) ** 2, axis=-1)
+    # keras.ops throughout: NumPy operands would pull a PyTorch tensor that requires grad into NumPy.
+    lam, mu = keras.ops.convert_to_tensor(LAM), keras.ops.convert_to_tensor(MU)
+    return 0.5 * keras.ops.sum(lam * keras.ops.square(keras.ops.subtract(x, mu)), axis=-1)
 
 
 def _np(x):
@@ -74,6 +77,30 @@ def test_run_is_seeded_and_zero_steps_returns_the_start():
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(_np(ebm.LangevinSampler(value_range=None).run(quadratic_energy, x0, num_steps=0)),
                                   x0)
+
+
+def test_each_step_draws_new_noise():
+    # On a flat energy the chain is a random walk: after k steps the variance is k * sigma^2 * eps.
+    # A loop that reused one step's noise (a JAX loop body reading a seed generator) would give k^2.
+    def flat(x):
+        return keras.ops.sum(0.0 * x, axis=-1)
+
+    sampler = ebm.LangevinSampler(step_size=1.0, noise_scale=1.0, num_steps=16, grad_clip=None, value_range=None,
+                                  seed=3)
+    x = _np(sampler.run(flat, np.zeros((4000, 2), "float32")))
+    np.testing.assert_allclose(x.var(0), 16.0, rtol=0.1)
+
+
+def test_compiled_chain_sees_new_weights():
+    # The chain is compiled once per energy; under JAX the weights must be inputs of it, not
+    # constants frozen at the first call.
+    net = ebm.build_mlp_energy(2, units=8, depth=1)
+    sampler = ebm.LangevinSampler(step_size=0.5, noise_scale=0.0, num_steps=1, grad_clip=None, value_range=None)
+    x = np.random.default_rng(8).normal(size=(5, 2)).astype("float32")
+    for scale in (1.0, 3.0):
+        net.layers[-1].kernel.assign(scale * np.ones((8, 1), "float32"))
+        expected = x - 0.25 * _np(ebm.energy_gradient(net, x))
+        np.testing.assert_allclose(_np(sampler.run(net, x)), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_and_value_clipping():
@@ -154,6 +181,20 @@ def test_training_separates_data_from_noise_and_fills_the_buffer():
     assert _np(model(x)).mean() < _np(model(noise)).mean() - 0.05
 
 
+def test_generate_is_one_seeded_array_in_the_value_range():
+    model = _tiny_ebm(seed=1)
+    a = model.generate(7, seed=5, batch_size=4, num_steps=3)
+    assert isinstance(a, np.ndarray) and a.shape == (7, 8, 8, 1) and a.dtype == np.float32
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    model.generate(3, num_steps=3)  # the noise stream moves on in between
+    np.testing.assert_array_equal(model.generate(7, seed=5, batch_size=4, num_steps=3), a)
+    assert not np.allclose(model.generate(7, seed=6, batch_size=4, num_steps=3), a)
+    x0, samples = model.generate(7, seed=5, batch_size=4, num_steps=3, return_start=True)
+    np.testing.assert_array_equal(samples, a)
+    assert x0.shape == a.shape and not np.allclose(x0, a)
+    np.testing.assert_array_equal(model.generate(2, seed=5, num_steps=0), x0[:2])  # no steps: the starts
+
+
 def test_round_trip_through_keras_file(tmp_path):
     model = _tiny_ebm(seed=3)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
@@ -187,6 +228,7 @@ def test_sampler_and_buffer_configs_round_trip():
     ({"step_size": -1.0}, "step_size"),
     ({"noise_scale": -0.1}, "noise_scale"),
     ({"num_steps": 2.5}, "num_steps"),
+    ({"num_steps": True}, "num_steps"),
     ({"grad_clip": 0.0}, "grad_clip"),
     ({"value_range": (1.0, 0.0)}, "value_range"),
     ({"value_range": "unit"}, "value_range"),
@@ -199,6 +241,8 @@ def test_sampler_rejects_bad_arguments(kwargs, message):
 def test_bad_arguments_elsewhere():
     with pytest.raises(ValueError, match="restart_prob"):
         ebm.ReplayBuffer(capacity=10, restart_prob=1.5)
+    with pytest.raises(ValueError, match="restart_prob"):
+        ebm.ReplayBuffer(capacity=10, restart_prob=True)  # a bool is not a probability
     with pytest.raises(ValueError, match="capacity"):
         ebm.ReplayBuffer(capacity=0)
     with pytest.raises(ValueError, match="smooth"):
@@ -220,3 +264,7 @@ def test_bad_arguments_elsewhere():
     model = ebm.EBM(ebm.build_mlp_energy(2), buffer_size=4)
     with pytest.raises(ValueError, match="shape"):
         model.langevin(np.zeros((3, 5), "float32"))
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        model.generate(0)
+    with pytest.raises(ValueError, match="alpha"):
+        ebm.EBM(ebm.build_mlp_energy(2), alpha=-1.0)

@@ -1,10 +1,13 @@
-"""Tests of genlib.synthetic: matching distances, distillation loops, the evaluation protocol, contrastive loss."""
+"""Tests of genlib.synthetic: matching distances, distillation loops, the evaluation protocol, contrastive loss.
+
+Backend-neutral: they run under TensorFlow, JAX and PyTorch."""
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
+from genlib import _util
 from genlib import synthetic as syn
 
 SHAPE = (8, 8, 1)
@@ -25,7 +28,7 @@ def class_gradients(net, x, c):
         logits = net(x, training=True)
         return ops.mean(keras.losses.sparse_categorical_crossentropy(np.full(len(x), c), logits, from_logits=True))
 
-    return syn._value_and_grad(loss, weights)[1]
+    return _util.value_and_grad(loss, weights)[2]
 
 
 # ---------------------------------------------------------------------------
@@ -55,6 +58,53 @@ def test_gradient_matching_distance_is_per_output_one_minus_cosine():
     scaled[..., 2] *= 7.0
     assert float(syn.gradient_matching_distance([a.astype("float32")], [scaled.astype("float32")])) == \
         pytest.approx(0.0, abs=1e-4)
+
+
+def test_weight_gradients_equal_the_plain_gradients():
+    net = syn.build_convnet(SHAPE, num_classes=3, width=4, depth=2)
+    x, _ = toy_data()
+    labels = np.zeros(4, "int32")
+
+    def loss():
+        logits = net(x[:4], training=True)
+        return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+    expected = _util.value_and_grad(loss, net.trainable_variables)[2]
+    got = syn.weight_gradients(net, ops.convert_to_tensor(x[:4]), ops.convert_to_tensor(labels))
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(ops.convert_to_numpy(g), ops.convert_to_numpy(e), rtol=1e-4, atol=1e-6)
+
+
+def test_weight_gradients_can_be_differentiated_again():
+    # Gradient matching's second derivative, checked by central differences on a smooth network
+    # (a ReLU ConvNet's weight gradients jump where a unit switches, so differences mean little there).
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(2)])
+    labels = ops.convert_to_tensor(np.array([0, 1, 1], "int32"))
+    x = np.random.default_rng(4).normal(size=(3, 3)).astype("float32")
+
+    def f(images):  # a smooth function of the images through their weight gradients
+        return sum(ops.sum(ops.square(g)) for g in syn.weight_gradients(net, images, labels))
+
+    analytic = ops.convert_to_numpy(_util.input_gradient(f, ops.convert_to_tensor(x)))
+    direction = np.random.default_rng(5).normal(size=x.shape).astype("float32")
+    h = 1e-2
+    value = lambda z: float(ops.convert_to_numpy(f(ops.convert_to_tensor(z.astype("float32")))))  # noqa: E731
+    numeric = (value(x + h * direction) - value(x - h * direction)) / (2 * h)
+    assert abs(numeric) > 1e-3
+    assert float(np.sum(analytic * direction)) == pytest.approx(numeric, rel=0.02)
+
+
+def test_class_match_returns_the_distance_and_its_image_gradient():
+    net = syn.build_convnet(SHAPE, num_classes=3, width=4, depth=2)
+    class_match, _ = syn.gradient_matching_functions(net, 0.01)
+    x, _ = toy_data()
+    c = ops.convert_to_tensor(0, "int32")
+    loss, grad = class_match(ops.convert_to_tensor(x[:4]), ops.convert_to_tensor(x[4:6]), c)
+    expected = float(syn.gradient_matching_distance(class_gradients(net, x[:4], 0), class_gradients(net, x[4:6], 0)))
+    assert float(ops.convert_to_numpy(loss)) == pytest.approx(expected, rel=1e-4)
+    grad = ops.convert_to_numpy(grad)
+    assert grad.shape == x[4:6].shape and np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
 
 
 def test_distribution_matching_distance_is_squared_difference_of_means():
@@ -223,6 +273,8 @@ def test_bad_arguments_give_clear_errors():
         syn.SyntheticSet(SHAPE, num_classes=3, images_per_class=0)
     with pytest.raises(ValueError, match="image_shape"):
         syn.SyntheticSet((8, 8), num_classes=3)
+    with pytest.raises(ValueError, match="image_shape"):
+        syn.SyntheticSet((8, 8.5, 1), num_classes=3)  # was truncated to (8, 8, 1)
     x, y = toy_data(n_per_class=2)
     with pytest.raises(ValueError, match="fewer than images_per_class"):
         syn.SyntheticSet(SHAPE, num_classes=3, images_per_class=3).initialize_from(x, y)
@@ -237,8 +289,10 @@ def test_bad_arguments_give_clear_errors():
         syn.distill_gradient_matching(synthetic, x, y, iterations=1, real_per_class=0)
     with pytest.raises(ValueError, match="2\\*\\*depth"):
         syn.build_convnet((4, 4, 1), depth=3)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be in \\(0, inf\\)"):
         syn.multi_positive_contrastive_loss(np.ones((2, 2), "float32"), np.zeros(2), temperature=0.0)
+    with pytest.raises(ValueError, match="temperature must be a number"):
+        syn.ContrastiveEncoder(SHAPE, width=4, depth=2, temperature=True)  # was taken as 1.0
     evaluator = syn.ClassifierEvaluator(x, y, num_classes=3, width=4, depth=2, steps=2)
     with pytest.raises(ValueError, match="empty"):
         evaluator.accuracy(x[:0], y[:0])
