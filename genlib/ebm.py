@@ -17,7 +17,9 @@ intractable, but neither sampling nor the gradient of the log-likelihood needs i
 * ``ReplayBuffer``: past chain ends kept in a fixed-size store; each chain restarts from a
   stored sample, or with probability ``restart_prob`` from fresh uniform noise.
 * ``EBM``: a model whose ``training_step`` runs short Langevin chains from the buffer and
-  lowers the energy of data while raising that of the samples (contrastive divergence),
+  lowers the energy of data while raising that of the samples: persistent contrastive
+  divergence (chains continued across updates) with short-run restarts from noise, not
+  CD-k (whose chains start at the data),
   plus ``alpha * (E(data)^2 + E(samples)^2)`` so the energies stay near zero;
   ``generate(n)`` samples by Langevin chains from uniform noise.
 """
@@ -123,8 +125,13 @@ class LangevinSampler:
         x_k+1  = clip(x_k+1, *value_range)                     (skipped if None)
         x_k+1  = where(mask, x_0, x_k+1)                       (known pixels, if a mask is given)
 
-    For small ε the chain's stationary density is proportional to ``exp(-E(x) / σ²)``: the
-    model's own density when σ = 1, a sharpened (low-temperature) one when σ < 1.
+    Without ``value_range``, for small ε the chain's stationary density is proportional to
+    ``exp(-E(x) / σ²)``: the model's own density when σ = 1, a sharpened (low-temperature)
+    one when σ < 1.
+
+    Clipping to ``value_range`` is a projection, not a reflection: an overshooting
+    coordinate lands exactly on the boundary, so the chain puts point masses on the faces
+    of the box and, at a finite step, no longer targets ``exp(-E / σ²)`` restricted to it.
 
     Args:
         step_size: ε > 0.
@@ -334,12 +341,14 @@ class ReplayBuffer(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="genlib")
 class EBM(_util.TrainStepModel):
-    """An energy-based model trained by contrastive divergence with Langevin samples.
+    """An energy-based model trained by persistent contrastive divergence with Langevin samples.
 
     Each ``training_step`` on a data batch ``x+`` (batch, ...):
 
-    1. starts chains from the replay buffer (a fraction from fresh noise), runs the sampler
-       and writes the ends back: negative samples ``x-``, held fixed (no gradient);
+    1. starts chains from the replay buffer (persistent chains; a fraction ``restart_prob``
+       from fresh noise, short-run chains), runs the sampler and writes the ends back:
+       negative samples ``x-``, held fixed (no gradient). No chain starts at the data, as
+       CD-k's would;
     2. minimises ``mean E(x+) - mean E(x-)`` (the negative log-likelihood's gradient:
        positive phase minus negative phase) ``+ alpha * (mean E(x+)^2 + mean E(x-)^2)``.
 
