@@ -1,19 +1,21 @@
-"""Autoregressive image models: PixelCNN and its pieces.
+"""Autoregressive image models: PixelCNN and its pieces. Chapter 4 (chapters/04_pixelcnn.ipynb).
 
 An image is a sequence of pixels in raster order (row by row, left to right), and its
 probability factorises by the chain rule, ``p(x) = prod_i p(x_i | x_<i)``. PixelCNN
 computes every conditional at once with convolutions whose kernels are *masked* so that
 output pixel ``i`` never sees input pixels ``j >= i``.
 
-* ``causal_mask``, ``MaskedConv2D``: the masked convolution (type ``"A"`` / ``"B"``).
+* ``kernel_mask``, ``MaskedConv2D``: the masked convolution (type ``"A"`` / ``"B"``).
 * ``ResidualBlock``: 1×1 (halve channels) → masked B 3×3 → 1×1 (restore), plus the skip.
 * ``PixelCNN``: masked A 7×7 → residual blocks → masked B 1×1 layers → per-pixel output,
   either a softmax over ``levels`` intensities or a discretised logistic mixture.
-* ``discretized_logistic_mixture_nll`` / ``discretized_logistic_mixture_log_probs``: the
-  PixelCNN++ output distribution over 256 levels, written with ``keras.ops``.
-* ``gumbel_noise``, ``sample_naive``, ``sample_fast``: sequential sampling, the naive way
-  (a full forward pass per pixel) and the fast way (only the rows that can affect the
-  next pixel). Both take the same pre-drawn noise, so they return identical images.
+* ``bin_log_probs``, ``discretized_logistic_mixture_nll`` /
+  ``discretized_logistic_mixture_log_probs``: the PixelCNN++ output distribution over 256
+  levels, written with ``keras.ops``.
+* ``sample_naive``, ``sample_fast``: sequential sampling, the naive way (a full forward pass
+  per pixel) and the fast way (only the rows that can affect the next pixel). Both take the
+  same pre-drawn noise (``distributions.gumbel_noise``), so they return identical images.
+  ``PixelCNN.generate`` is the book-wide sampling API on top of them.
 """
 
 from __future__ import annotations
@@ -25,23 +27,23 @@ import keras
 import numpy as np
 from keras import ops
 
-from genlib._util import compile_step as _compile
+from genlib import _util
+from genlib.distributions import gumbel_max, gumbel_noise
 
 MASK_TYPES = ("A", "B")
 
 
-def causal_mask(kernel_size: int, mask_type: str) -> np.ndarray:
-    """The spatial mask of a raster-order causal convolution, shape (k, k, 1, 1), float32.
+def kernel_mask(kernel_size: int, mask_type: str) -> np.ndarray:
+    """The 0/1 mask of a raster-order causal convolution kernel, shape (k, k, 1, 1), float32.
 
     Rows above the centre are fully visible, the centre row up to the centre, nothing below.
     Type ``"A"`` hides the centre itself (the pixel being predicted), type ``"B"`` shows it.
     """
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)) or kernel_size < 1 \
-            or kernel_size % 2 == 0:
+    k = _util.positive_int("kernel_size", kernel_size)
+    if k % 2 == 0:
         raise ValueError(f"kernel_size must be an odd positive int (the mask needs a centre), got {kernel_size!r}.")
-    if mask_type not in MASK_TYPES:
-        raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}.")
-    k, c = int(kernel_size), int(kernel_size) // 2
+    _util.choice("mask_type", mask_type, MASK_TYPES)
+    c = k // 2
     mask = np.zeros((k, k, 1, 1), dtype="float32")
     mask[:c] = 1.0  # every row above the centre
     mask[c, : c + (mask_type == "B")] = 1.0  # left of the centre; the centre only for type B
@@ -66,12 +68,11 @@ class MaskedConv2D(keras.layers.Layer):
     def __init__(self, filters: int, kernel_size: int, mask_type: str = "B", activation=None,
                  use_bias: bool = True, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(filters, (int, np.integer)) or filters < 1:
-            raise ValueError(f"filters must be a positive int, got {filters!r}.")
         # A NumPy constant (not a tensor made in build): a tensor created in build() inside a
         # functional model escapes TF's graph scope; a constant multiplied in call() does not.
-        self.mask = causal_mask(kernel_size, mask_type)
-        self.filters, self.kernel_size, self.mask_type = int(filters), int(kernel_size), mask_type
+        self.mask = kernel_mask(kernel_size, mask_type)
+        self.filters = _util.positive_int("filters", filters)
+        self.kernel_size, self.mask_type = int(kernel_size), mask_type
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -128,7 +129,11 @@ class ResidualBlock(keras.layers.Layer):
     """PixelCNN residual block: ReLU → 1×1 (filters/2) → ReLU → masked B 3×3 → ReLU → 1×1 (filters), + skip.
 
     The 1×1 convolutions mix channels at a pixel (causal by construction); only the 3×3
-    looks at neighbours, through a type-B mask, so the block keeps causality.
+    looks at neighbours, through a type-B mask, so the block keeps causality. The first
+    ReLU is written ``ops.maximum(x, 0.0)``: the same function, but TensorFlow's oneDNN
+    graph rewriter would fuse an ``ops.relu`` there into the previous block's convolution
+    and skip-add, although that sum also feeds this block's skip, and would log
+    "remapper failed" for the whole training and sampling graphs.
 
     Args:
         filters: channels in and out (even: the bottleneck has filters // 2).
@@ -140,7 +145,7 @@ class ResidualBlock(keras.layers.Layer):
 
     def __init__(self, filters: int, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(filters, (int, np.integer)) or filters < 2 or filters % 2:
+        if _util.positive_int("filters", filters, 2) % 2:
             raise ValueError(f"filters must be an even int >= 2 (the bottleneck halves it), got {filters!r}.")
         self.filters = int(filters)
         self.reduce = keras.layers.Conv2D(self.filters // 2, 1, activation="relu", name="reduce")
@@ -157,14 +162,14 @@ class ResidualBlock(keras.layers.Layer):
         self.restore.build(half)
 
     def call(self, x):
-        return x + self.restore(self.masked(self.reduce(ops.relu(x))))
+        return x + self.restore(self.masked(self.reduce(ops.maximum(x, 0.0))))  # maximum: a ReLU (see above)
 
     def last_row(self, above, row):
         """One row of output; ``above`` (batch, 1, W, filters // 2) is the masked 3×3's input on the row above.
 
         Returns ``(out, kept)``: out (batch, 1, W, filters) and the 3×3 input of this row, for the next.
         """
-        inner = self.reduce(ops.relu(row))
+        inner = self.reduce(ops.maximum(row, 0.0))
         y, _ = self.masked.last_row(above, inner)
         return row + self.restore(y), inner
 
@@ -188,8 +193,12 @@ def _split_mixture(params, num_mixtures: int):
     return logit_pi, mu, ops.maximum(log_s, -7.0)  # a floor on the scale keeps exp(-log_s) finite
 
 
-def _bin_log_probs(x, logit_pi, mu, log_s, levels: int):
-    """log P(bin centred at x) under the mixture; x in [-1, 1] broadcasts against (..., K) params."""
+def bin_log_probs(x, logit_pi, mu, log_s, levels: int):
+    """log P(bin centred at x) under a mixture of K logistics; x in [-1, 1] broadcasts against (..., K) params.
+
+    ``logit_pi``, ``mu``, ``log_s``: mixture logits, means and log scales, each (..., K).
+    Returns (...,) log-probabilities (the mixture axis summed out).
+    """
     half = 1.0 / (levels - 1)  # half a bin in [-1, 1] units
     inv_s = ops.exp(-log_s)
     centred = x - mu
@@ -222,7 +231,7 @@ def discretized_logistic_mixture_nll(q, params, num_mixtures: int, levels: int =
     """
     logit_pi, mu, log_s = _split_mixture(params, num_mixtures)
     x = 2.0 * ops.cast(q, params.dtype) / (levels - 1) - 1.0
-    return -_bin_log_probs(x[..., None], logit_pi, mu, log_s, levels)
+    return -bin_log_probs(x[..., None], logit_pi, mu, log_s, levels)
 
 
 def discretized_logistic_mixture_log_probs(params, num_mixtures: int, levels: int = 256):
@@ -230,7 +239,7 @@ def discretized_logistic_mixture_log_probs(params, num_mixtures: int, levels: in
     logit_pi, mu, log_s = _split_mixture(params, num_mixtures)
     x = ops.reshape(ops.linspace(-1.0, 1.0, levels), (levels, 1))  # bins on a new axis before K
     expand = lambda t: ops.expand_dims(t, -2)
-    return _bin_log_probs(x, expand(logit_pi), expand(mu), expand(log_s), levels)
+    return bin_log_probs(x, expand(logit_pi), expand(mu), expand(log_s), levels)
 
 
 # ---------------------------------------------------------------------------
@@ -257,26 +266,24 @@ class PixelCNN(keras.Model):
 
     Input (batch, H, W, 1) integers in 0..k-1; output (batch, H, W, k) logits, or
     (batch, H, W, 3 * num_mixtures) mixture parameters. ``fit(q)`` minimises the NLL and
-    reports ``bits_per_dim``.
+    reports ``bits_per_dim``; ``generate(n)`` draws integer images.
     """
 
     def __init__(self, image_shape=(16, 16, 1), levels: int = 4, filters: int = 64, num_blocks: int = 5,
                  head_layers: int = 2, output_dist: str = "categorical", num_mixtures: int = 5,
                  first_kernel: int = 7, **kwargs):
         super().__init__(**kwargs)
-        image_shape = tuple(int(s) for s in image_shape)
-        if len(image_shape) != 3 or image_shape[-1] != 1:
+        image_shape = _util.shape("image_shape", image_shape, 3)
+        if image_shape[-1] != 1:
             raise ValueError(f"image_shape must be (H, W, 1) (one channel), got {image_shape}.")
-        if not isinstance(levels, (int, np.integer)) or not 2 <= levels <= 256:
+        if _util.positive_int("levels", levels, 2) > 256:
             raise ValueError(f"levels must be an int in [2, 256], got {levels!r}.")
-        if output_dist not in ("categorical", "logistic_mixture"):
-            raise ValueError(f"output_dist must be 'categorical' or 'logistic_mixture', got {output_dist!r}.")
-        if num_blocks < 0 or head_layers < 0 or num_mixtures < 1:
-            raise ValueError(f"num_blocks and head_layers must be >= 0 and num_mixtures >= 1, got "
-                             f"{num_blocks}, {head_layers}, {num_mixtures}.")
-        self.image_shape, self.levels, self.filters = image_shape, int(levels), int(filters)
-        self.num_blocks, self.head_layers, self.output_dist = int(num_blocks), int(head_layers), output_dist
-        self.num_mixtures, self.first_kernel = int(num_mixtures), int(first_kernel)
+        self.image_shape, self.levels, self.filters = image_shape, int(levels), _util.positive_int("filters", filters)
+        self.num_blocks = _util.positive_int("num_blocks", num_blocks, 0)
+        self.head_layers = _util.positive_int("head_layers", head_layers, 0)
+        self.output_dist = _util.choice("output_dist", output_dist, ("categorical", "logistic_mixture"))
+        self.num_mixtures = _util.positive_int("num_mixtures", num_mixtures)
+        self.first_kernel = _util.positive_int("first_kernel", first_kernel)
         out = self.levels if output_dist == "categorical" else 3 * self.num_mixtures
         self.stack = [MaskedConv2D(self.filters, self.first_kernel, "A", name="masked_a")]
         self.stack += [ResidualBlock(self.filters, name=f"block_{i}") for i in range(self.num_blocks)]
@@ -380,6 +387,33 @@ class PixelCNN(keras.Model):
         """Mean -log2 P(q) per pixel, comparable with ``baselines.PixelCategorical.bits_per_dim``."""
         return float(-self.log_prob(q, batch_size).mean() / (np.prod(self.image_shape) * math.log(2.0)))
 
+    def generate(self, n: int, *, seed=None, batch_size: int = 1000, progress: bool | None = None,
+                 temperature: float = 1.0, sampler: str = "fast") -> np.ndarray:
+        """``n`` images drawn pixel by pixel: **integer levels** (n, H, W, 1) in 0..levels-1, int32.
+
+        (``data.dequantize(q, levels)`` maps them to [0, 1].)
+
+        Args:
+            n: number of images.
+            seed: int (the same seed and batch_size give the same images) or None (fresh randomness).
+            batch_size: images drawn at once.
+            progress: a progress bar over rows (None: shown except under the smoke profile).
+            temperature: divides the log-probabilities (T < 1: sharper, T > 1: noisier).
+            sampler: ``"fast"`` (``sample_fast``) or ``"naive"`` (``sample_naive``); same images.
+        """
+        n = _util.positive_int("n", n)
+        batch_size = _util.positive_int("batch_size", batch_size)
+        rows = {"fast": _fast_rows, "naive": _naive_rows}[_util.choice("sampler", sampler, ("fast", "naive"))]
+        seed_generator = keras.random.SeedGenerator(seed)  # one noise stream for all batches: a seed fixes them all
+        h = self.image_shape[0]
+        starts = range(0, n, batch_size)
+        out = []
+        with _util.Progress(len(starts) * h, enabled=progress, unit="row", label="PixelCNN sampling") as bar:
+            for i, start in enumerate(starts):
+                noise, t = _prepare(self, min(batch_size, n - start), temperature, seed_generator, None)
+                out.append(rows(self, noise, t, bar, done=i * h))
+        return np.concatenate(out).astype("int32")
+
     def get_config(self):
         return {**super().get_config(), "image_shape": self.image_shape, "levels": self.levels,
                 "filters": self.filters, "num_blocks": self.num_blocks, "head_layers": self.head_layers,
@@ -391,24 +425,12 @@ class PixelCNN(keras.Model):
 # Sampling
 
 
-def gumbel_noise(shape, seed=None):
-    """Standard Gumbel noise: ``argmax(logits + g)`` is a draw from ``softmax(logits)``.
-
-    Drawing it up front, one vector per pixel, lets two samplers make the same choices.
-    ``seed``: an int or a ``keras.random.SeedGenerator``.
-    """
-    u = keras.random.uniform(shape, minval=1e-7, maxval=1.0 - 1e-7, seed=seed)
-    return -ops.log(-ops.log(u))
-
-
-
-
 _STEPS = weakref.WeakKeyDictionary()  # model -> its compiled steps, so repeated sampling traces once
 
 
 def _pick(model, outputs, noise, temperature):
     # Temperature divides the log-probabilities: T < 1 sharpens, T > 1 flattens. Gumbel-max draws.
-    return ops.argmax(model.log_probs_from_outputs(outputs) / temperature + noise, axis=-1)
+    return gumbel_max(model.log_probs_from_outputs(outputs), temperature, noise=noise)
 
 
 def _steps(model: PixelCNN) -> dict:
@@ -438,20 +460,21 @@ def _steps(model: PixelCNN) -> dict:
                 here = ops.reshape(ops.arange(w) == c, (1, 1, w, 1))
                 return ops.where(here, ops.cast(value, row.dtype)[:, None, None, None], row)
 
-            row = ops.fori_loop(0, w, draw, ops.zeros((noise.shape[0], 1, w, 1), "int32"))
+            row = ops.fori_loop(0, w, draw, ops.zeros((ops.shape(noise)[0], 1, w, 1), "int32"))
             # The finished row's layer inputs become the newest cached rows; the oldest drop out.
             _, kept = model.row_outputs(caches, row)
             return row, [ops.concatenate([cache[:, 1:], new], axis=1) for cache, new in zip(caches, kept)]
 
-        _STEPS[model] = {"naive": _compile(naive_row), "fast": _compile(fast_row)}
+        # The weights are the steps' state: under JAX they go in as arguments, so a step
+        # compiled before (more) training still samples from the current weights.
+        _STEPS[model] = {"naive": _util.compile_step(naive_row, state=model.variables),
+                         "fast": _util.compile_step(fast_row, state=model.variables)}
     return _STEPS[model]
 
 
 def _prepare(model, n, temperature, seed, noise):
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}.")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature!r}.")
+    n = _util.positive_int("n", n)
+    temperature = _util.number("temperature", temperature, low=0.0, low_open=True)
     if not model.built:
         model.build()
     h, w, _ = model.image_shape
@@ -462,8 +485,28 @@ def _prepare(model, n, temperature, seed, noise):
     return noise, ops.convert_to_tensor(temperature, "float32")
 
 
+def _naive_rows(model, noise, temperature, bar, done=0):
+    step = _steps(model)["naive"]
+    h, w, _ = model.image_shape
+    q = ops.zeros((noise.shape[0], h, w, 1), "int32")
+    for r in range(h):
+        q = step(q, ops.convert_to_tensor(r, "int32"), noise[:, r], temperature)
+        bar.update(done + r + 1)
+    return ops.convert_to_numpy(q)
+
+
+def _fast_rows(model, noise, temperature, bar, done=0):
+    step = _steps(model)["fast"]
+    caches, rows = model.empty_row_caches(noise.shape[0]), []
+    for r in range(model.image_shape[0]):
+        row, caches = step(caches, noise[:, r], temperature)
+        rows.append(ops.convert_to_numpy(row))
+        bar.update(done + r + 1)
+    return np.concatenate(rows, axis=1)
+
+
 def sample_naive(model: PixelCNN, n: int, temperature: float = 1.0, seed=None, noise=None,
-                 progress: bool = False) -> np.ndarray:
+                 progress: bool | None = False) -> np.ndarray:
     """Draw ``n`` images pixel by pixel, running the whole network once per pixel (H·W passes).
 
     Args:
@@ -471,24 +514,18 @@ def sample_naive(model: PixelCNN, n: int, temperature: float = 1.0, seed=None, n
         n: number of images.
         temperature: divides the log-probabilities before sampling (T -> 0: the most likely level).
         seed: int or ``SeedGenerator`` for the noise; ignored when ``noise`` is given.
-        noise: optional Gumbel noise (n, H, W, levels) from ``gumbel_noise``.
-        progress: show a progress bar over rows.
+        noise: optional Gumbel noise (n, H, W, levels) from ``distributions.gumbel_noise``.
+        progress: a progress bar over rows (None: shown except under the smoke profile).
 
     Returns integer images (n, H, W, 1) in 0..levels-1.
     """
     noise, temperature = _prepare(model, n, temperature, seed, noise)
-    step = _steps(model)["naive"]
-    h, w, _ = model.image_shape
-    q = ops.zeros((n, h, w, 1), "int32")
-    bar = keras.utils.Progbar(h, verbose=1 if progress else 0)
-    for r in range(h):
-        q = step(q, ops.convert_to_tensor(r, "int32"), noise[:, r], temperature)
-        bar.update(r + 1)
-    return ops.convert_to_numpy(q)
+    with _util.Progress(model.image_shape[0], enabled=progress, unit="row", label="sample_naive") as bar:
+        return _naive_rows(model, noise, temperature, bar)
 
 
 def sample_fast(model: PixelCNN, n: int, temperature: float = 1.0, seed=None, noise=None,
-                progress: bool = False) -> np.ndarray:
+                progress: bool | None = False) -> np.ndarray:
     """Draw ``n`` images like ``sample_naive``, computing one row of each layer per pixel instead of H.
 
     Output row r depends only on rows r-R..r, and the layer inputs of the rows above r are fixed
@@ -497,12 +534,5 @@ def sample_fast(model: PixelCNN, n: int, temperature: float = 1.0, seed=None, no
     ``noise`` (or seed) the images equal ``sample_naive``'s. Same arguments and return value.
     """
     noise, temperature = _prepare(model, n, temperature, seed, noise)
-    step = _steps(model)["fast"]
-    h, w, _ = model.image_shape
-    caches, rows = model.empty_row_caches(n), []
-    bar = keras.utils.Progbar(h, verbose=1 if progress else 0)
-    for r in range(h):
-        row, caches = step(caches, noise[:, r], temperature)
-        rows.append(ops.convert_to_numpy(row))
-        bar.update(r + 1)
-    return np.concatenate(rows, axis=1)
+    with _util.Progress(model.image_shape[0], enabled=progress, unit="row", label="sample_fast") as bar:
+        return _fast_rows(model, noise, temperature, bar)

@@ -1,4 +1,4 @@
-"""The two baselines every chapter must beat, and uniform noise as the floor.
+"""The two baselines every chapter must beat, and uniform noise as the floor. Chapter 1 (chapters/01_intro.ipynb).
 
 * ``PixelCategorical``: each pixel independent, with its own categorical distribution
   over ``levels`` intensities (counted, with add-``alpha`` smoothing). Exact likelihood.
@@ -7,7 +7,9 @@
   dequantised data; samples show what second-order statistics alone can do.
 * ``uniform_noise``: images of independent uniform pixels.
 
-All work on NumPy arrays and fit in seconds.
+All work on NumPy arrays and fit in seconds. Both models sample with the book's
+``generate(n, *, seed=None, batch_size=..., progress=False)`` (a progress bar only when asked
+for: sampling takes milliseconds).
 """
 
 from __future__ import annotations
@@ -15,6 +17,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from genlib import _util
+
+
+def _chunks(n: int, batch_size: int, progress, label: str):
+    """``(start, size)`` of each batch of ``n`` draws, with a progress bar over them."""
+    n, batch_size = _util.positive_int("n", n), _util.positive_int("batch_size", batch_size)
+    with _util.Progress(n, enabled=progress, unit="sample", label=label) as bar:
+        for start in range(0, n, batch_size):
+            yield start, min(batch_size, n - start)
+            bar.update(min(start + batch_size, n))
 
 
 class PixelCategorical:
@@ -28,11 +41,9 @@ class PixelCategorical:
     """
 
     def __init__(self, levels: int, alpha: float = 1.0):
-        if not isinstance(levels, (int, np.integer)) or not 2 <= levels <= 256:
+        if _util.positive_int("levels", levels, 2) > 256:
             raise ValueError(f"levels must be an integer in [2, 256], got {levels!r}.")
-        if alpha <= 0:
-            raise ValueError(f"alpha must be positive, got {alpha}.")
-        self.levels, self.alpha = int(levels), float(alpha)
+        self.levels, self.alpha = int(levels), _util.number("alpha", alpha, low=0.0, low_open=True)
         self.log_probs = None  # (H, W, C, levels)
 
     def _check(self, q) -> np.ndarray:
@@ -67,14 +78,25 @@ class PixelCategorical:
         q = np.asarray(q)
         return float(-self.log_prob(q).mean() / (np.prod(q.shape[1:]) * math.log(2.0)))
 
-    def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` integer images drawn pixel by pixel, independently."""
+    def generate(self, n: int, *, seed=None, batch_size: int = 1000, progress: bool | None = False) -> np.ndarray:
+        """``n`` images drawn pixel by pixel, independently: **integer levels** (n, H, W, C) in 0..levels-1, int32.
+
+        ``seed``: an int (the same seed gives the same images, whatever ``batch_size``) or None.
+        ``batch_size`` bounds memory (a batch compares against every level's CDF at once).
+        """
         if self.log_probs is None:
             raise ValueError("call fit first.")
         rng = np.random.default_rng(seed)
         cdf = np.cumsum(np.exp(self.log_probs), axis=-1)
-        u = rng.random((n, *cdf.shape[:-1], 1))
-        return np.minimum((u > cdf[None]).sum(-1), self.levels - 1).astype("int32")
+        out = []
+        for _, m in _chunks(n, batch_size, progress, "per-pixel sampling"):
+            u = rng.random((m, *cdf.shape[:-1], 1))
+            out.append(np.minimum((u > cdf[None]).sum(-1), self.levels - 1).astype("int32"))
+        return np.concatenate(out)
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """The former name of ``generate`` (same images for a seed), for chapters not yet moved to it."""
+        return self.generate(n, seed=seed)
 
 
 class GaussianBaseline:
@@ -87,9 +109,8 @@ class GaussianBaseline:
     """
 
     def __init__(self, n_components: int | None = None, eps: float = 1e-3):
-        if n_components is not None and n_components < 1:
-            raise ValueError(f"n_components must be positive or None, got {n_components}.")
-        self.n_components, self.eps = n_components, eps
+        self.n_components = _util.optional_positive_int("n_components", n_components)
+        self.eps = _util.number("eps", eps, low=0.0)
         self.mean = self.shape = None
 
     def fit(self, x) -> GaussianBaseline:
@@ -120,15 +141,29 @@ class GaussianBaseline:
         d = self.mean.size
         return -0.5 * ((proj**2 / self.eigval).sum(1) + np.log(self.eigval).sum() + d * math.log(2 * math.pi))
 
-    def sample(self, n: int, seed: int = 0, clip: tuple[float, float] | None = (0.0, 1.0)) -> np.ndarray:
-        """``n`` images mean + eigvec @ (sqrt(eigval) * z), clipped to ``clip``."""
+    def generate(self, n: int, *, seed=None, batch_size: int = 1000, progress: bool | None = False,
+                 clip: tuple[float, float] | None = (0.0, 1.0)) -> np.ndarray:
+        """``n`` images ``mean + eigvec @ (sqrt(eigval) * z)``: float32 (n, *shape) in the fitted data's range.
+
+        Args:
+            n: number of images.
+            seed: an int (the same seed gives the same images, whatever ``batch_size``) or None.
+            batch_size: images drawn at once; progress: a progress bar (None: shown except under smoke).
+            clip: the data's value range, e.g. ``(0, 1)`` or ``(-1, 1)``; None keeps raw values.
+        """
         if self.mean is None:
             raise ValueError("call fit first.")
-        z = np.random.default_rng(seed).standard_normal((n, self.mean.size))
-        flat = self.mean + (z * np.sqrt(self.eigval)) @ self.eigvec.T
-        if clip is not None:
-            flat = np.clip(flat, *clip)
-        return flat.reshape(n, *self.shape).astype("float32")
+        rng = np.random.default_rng(seed)
+        out = []
+        for _, m in _chunks(n, batch_size, progress, "Gaussian sampling"):
+            z = rng.standard_normal((m, self.mean.size))
+            flat = self.mean + (z * np.sqrt(self.eigval)) @ self.eigvec.T
+            out.append(flat if clip is None else np.clip(flat, *clip))
+        return np.concatenate(out).reshape(n, *self.shape).astype("float32")
+
+    def sample(self, n: int, seed: int = 0, clip: tuple[float, float] | None = (0.0, 1.0)) -> np.ndarray:
+        """The former name of ``generate`` (same images for a seed), for chapters not yet moved to it."""
+        return self.generate(n, seed=seed, clip=clip)
 
 
 def uniform_noise(n: int, shape=(28, 28, 1), value_range=(0.0, 1.0), seed: int = 0) -> np.ndarray:

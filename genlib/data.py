@@ -1,5 +1,7 @@
 """Data for every chapter: Fashion-MNIST (images), Tiny Shakespeare (text), captioned Fashion-MNIST.
 
+Used from chapter 1 (chapters/01_intro.ipynb) on; the captions serve chapter 12 (chapters/12_multimodal.ipynb).
+
 Fashion-MNIST is found, in this order, in ``$GENLIB_DATA_DIR/fashion-mnist/``, in
 ``/usr/share/datasets/fashion-mnist/`` (Debian package ``dataset-fashion-mnist``), in
 the Keras download cache, and finally downloaded. Every file is checked by sha256
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from genlib import _util
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -190,8 +194,7 @@ def subset(x: np.ndarray, y: np.ndarray | None = None, n: int | None = None, see
 
     Returns ``x_sub`` or ``(x_sub, y_sub)`` matching the call. ``n=None`` keeps everything.
     """
-    if n is not None and (not isinstance(n, (int, np.integer)) or n <= 0):
-        raise ValueError(f"n must be a positive integer or None, got {n!r}.")
+    n = _util.optional_positive_int("n", n)
     if y is not None and len(y) != len(x):
         raise ValueError(f"x has {len(x)} rows but y has {len(y)}.")
     if n is None or n >= len(x):
@@ -241,17 +244,30 @@ def pad_to_32(x: np.ndarray) -> np.ndarray:
     return np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=background)
 
 
+def area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of area averaging along one axis: row i averages the input cells
+    under ``[i, i + 1) * n_in / n_out``, each weighted by the length of its overlap."""
+    width = n_in / n_out
+    start = np.arange(n_out)[:, None] * width
+    cell = np.arange(n_in)[None, :]
+    overlap = np.minimum(cell + 1, start + width) - np.maximum(cell, start)
+    return np.clip(overlap, 0.0, None) / width
+
+
 def downsample(x: np.ndarray, size: int = 16) -> np.ndarray:
-    """Area-average float (N, H, W, C) images to (N, size, size, C)."""
+    """Area-average float (N, H, W, C) images to (N, size, size, C).
+
+    Every output pixel is the mean of the input area it covers (what TensorFlow calls
+    ``area`` resizing), written in NumPy so that it is the same on every Keras backend.
+    """
     x = np.asarray(x)
+    size = _util.positive_int("size", size)
     if x.ndim != 4:
         raise ValueError(f"downsample expects (N, H, W, C) images, got shape {x.shape}.")
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError("downsample expects float images; call scale() first.")
-    import keras
-
-    out = keras.ops.image.resize(x, (size, size), interpolation="area")
-    return np.asarray(keras.ops.convert_to_numpy(out), dtype="float32")
+    rows, cols = area_weights(x.shape[1], size), area_weights(x.shape[2], size)
+    return np.einsum("ih,nhwc,jw->nijc", rows, x.astype("float32"), cols).astype("float32")
 
 
 def resize(x: np.ndarray, size: int) -> np.ndarray:
@@ -270,7 +286,7 @@ def quantize(x: np.ndarray, levels: int, value_range: tuple[float, float] = (0.0
 
     Accepts ``uint8`` in [0, 255] or floats in ``value_range``. Returns ``int32``.
     """
-    if not isinstance(levels, (int, np.integer)) or not 2 <= levels <= 256:
+    if _util.positive_int("levels", levels, 2) > 256:
         raise ValueError(f"levels must be an integer in [2, 256], got {levels!r}.")
     x = np.asarray(x)
     if np.issubdtype(x.dtype, np.floating):
@@ -337,8 +353,7 @@ class CharVocab:
 
 def tiny_shakespeare(val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray, CharVocab]:
     """Tiny Shakespeare as ids: ``(train_ids, val_ids, vocab)``; the last ``val_fraction`` is validation."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction!r}.")
+    _util.number("val_fraction", val_fraction, 0.0, 1.0, low_open=True, high_open=True)
     text = load_tiny_shakespeare()
     vocab = CharVocab.from_text(text)
     ids = vocab.encode(text)

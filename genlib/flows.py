@@ -1,13 +1,14 @@
-"""Normalizing flows: RealNVP and its pieces.
+"""Normalizing flows: RealNVP and its pieces. Chapter 5 (chapters/05_realnvp.ipynb).
 
 A flow is an invertible map ``f`` from data ``x`` to a latent ``z = f(x)`` with a simple
 density (a standard normal). By the change of variables,
 ``log p(x) = log N(f(x); 0, I) + log |det df/dx|``, so every piece below returns its
 output *and* the log-determinant of its Jacobian, per example.
 
-Every flow layer has ``forward(x) -> (y, log_det)`` (data towards latent) and
+Every flow layer has ``transform(x) -> (y, log_det)`` (data towards latent) and
 ``inverse(y) -> (x, log_det)`` where the second ``log_det`` is that of the inverse map
-(minus the forward one at the matching point). ``call`` is ``forward``.
+(minus the forward one at the matching point). ``call`` is ``transform``. (Not named
+``forward``: under PyTorch, ``torch.nn.Module.__call__`` runs a layer's ``forward``.)
 
 * ``checkerboard_mask``, ``channel_mask``: which entries a coupling layer keeps.
 * ``AffineCoupling``: kept entries pass unchanged and parametrise an elementwise affine map
@@ -18,7 +19,7 @@ Every flow layer has ``forward(x) -> (y, log_det)`` (data towards latent) and
 * ``ElementwiseAffine``: a learned per-entry scale and shift, initialised from data.
 * ``RealNVP``: the model, for vectors (a 2-D toy) or for images (multi-scale, with
   dequantisation and the logit transform), trained by maximum likelihood and reporting
-  bits per dimension.
+  bits per dimension; ``generate(n)`` samples it.
 """
 
 from __future__ import annotations
@@ -29,17 +30,17 @@ import keras
 import numpy as np
 from keras import ops
 
-from genlib import metrics
+from genlib import _util
+from genlib.distributions import bits_per_dim, normal_log_density
 
 MASK_TYPES = ("checkerboard", "channel")
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _event_shape(shape, what: str) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in shape)
-    if len(shape) not in (1, 3) or min(shape) < 1:
+    shape = tuple(shape)
+    if len(shape) not in (1, 3):
         raise ValueError(f"{what} needs examples of shape (D,) or (H, W, C), got {shape}.")
-    return shape
+    return _util.shape(f"{what} shape", shape)
 
 
 def checkerboard_mask(shape, parity: int = 0) -> np.ndarray:
@@ -53,8 +54,7 @@ def checkerboard_mask(shape, parity: int = 0) -> np.ndarray:
     (the same pattern in every channel).
     """
     shape = _event_shape(shape, "checkerboard_mask")
-    if parity not in (0, 1):
-        raise ValueError(f"parity must be 0 or 1, got {parity!r}.")
+    _util.choice("parity", parity, (0, 1))
     if len(shape) == 1:
         return ((np.arange(shape[0]) + parity) % 2 == 0).astype("float32")
     rows, cols = np.indices(shape[:2])
@@ -71,8 +71,7 @@ def channel_mask(shape, parity: int = 0) -> np.ndarray:
     Returns (D,) for vectors (the first D // 2 entries are the "first half"), (1, 1, C) for images.
     """
     shape = _event_shape(shape, "channel_mask")
-    if parity not in (0, 1):
-        raise ValueError(f"parity must be 0 or 1, got {parity!r}.")
+    _util.choice("parity", parity, (0, 1))
     channels = shape[-1]
     if len(shape) == 3 and channels % 2:
         raise ValueError(f"a channel mask needs an even number of channels, got shape {shape}; squeeze first.")
@@ -83,8 +82,7 @@ def channel_mask(shape, parity: int = 0) -> np.ndarray:
 
 def make_mask(shape, mask_type: str, parity: int) -> np.ndarray:
     """``checkerboard_mask`` or ``channel_mask`` by name."""
-    if mask_type not in MASK_TYPES:
-        raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}.")
+    _util.choice("mask_type", mask_type, MASK_TYPES)
     return (checkerboard_mask if mask_type == "checkerboard" else channel_mask)(shape, parity)
 
 
@@ -114,15 +112,10 @@ class AffineCoupling(keras.layers.Layer):
     def __init__(self, mask_type: str = "checkerboard", parity: int = 0, hidden: int = 64, num_hidden: int = 2,
                  **kwargs):
         super().__init__(**kwargs)
-        if mask_type not in MASK_TYPES:
-            raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}.")
-        if parity not in (0, 1):
-            raise ValueError(f"parity must be 0 or 1, got {parity!r}.")
-        if not isinstance(hidden, (int, np.integer)) or hidden < 1 or not isinstance(num_hidden, (int, np.integer)) \
-                or num_hidden < 1:
-            raise ValueError(f"hidden and num_hidden must be positive ints, got {hidden!r}, {num_hidden!r}.")
-        self.mask_type, self.parity = mask_type, int(parity)
-        self.hidden, self.num_hidden = int(hidden), int(num_hidden)
+        self.mask_type = _util.choice("mask_type", mask_type, MASK_TYPES)
+        self.parity = int(_util.choice("parity", parity, (0, 1)))
+        self.hidden = _util.positive_int("hidden", hidden)
+        self.num_hidden = _util.positive_int("num_hidden", num_hidden)
 
     def build(self, input_shape):
         event = _event_shape(input_shape[1:], "AffineCoupling")
@@ -150,26 +143,29 @@ class AffineCoupling(keras.layers.Layer):
 
     def scale_and_shift(self, x_kept):
         """``(s, t)`` for the transformed entries (zero on the kept ones), from the kept input."""
+        mask = ops.convert_to_tensor(self.mask)  # torch multiplies tensors by tensors, not by NumPy arrays
         h = x_kept
         if self.is_image and self.mask_type == "checkerboard":
-            h = ops.concatenate([h, ops.zeros_like(h[..., :1]) + self.mask], axis=-1)
+            h = ops.concatenate([h, ops.zeros_like(h[..., :1]) + mask], axis=-1)
         for layer in self.net:
             h = layer(h)
         raw_s, t = ops.split(h, 2, axis=-1)
-        free = 1.0 - self.mask  # s = t = 0 on kept entries: they pass unchanged and add nothing to log_det
+        free = 1.0 - mask  # s = t = 0 on kept entries: they pass unchanged and add nothing to log_det
         return self.scale * ops.tanh(raw_s) * free, t * free
 
-    def forward(self, x):
-        s, t = self.scale_and_shift(x * self.mask)
+    def transform(self, x):
+        x, mask = ops.convert_to_tensor(x), ops.convert_to_tensor(self.mask)
+        s, t = self.scale_and_shift(x * mask)
         return x * ops.exp(s) + t, _sum_event(s)
 
     def inverse(self, y):
+        y, mask = ops.convert_to_tensor(y), ops.convert_to_tensor(self.mask)
         # The kept entries of y equal those of x, so the same s and t can be recomputed.
-        s, t = self.scale_and_shift(y * self.mask)
+        s, t = self.scale_and_shift(y * mask)
         return (y - t) * ops.exp(-s), -_sum_event(s)
 
     def call(self, x):
-        return self.forward(x)
+        return self.transform(x)
 
     def get_config(self):
         return {**super().get_config(), "mask_type": self.mask_type, "parity": self.parity,
@@ -210,14 +206,14 @@ class Squeeze(keras.layers.Layer):
     def build(self, input_shape):
         _check_squeezable(tuple(input_shape))
 
-    def forward(self, x):
+    def transform(self, x):
         return squeeze(x), ops.zeros((ops.shape(x)[0],))
 
     def inverse(self, y):
         return unsqueeze(y), ops.zeros((ops.shape(y)[0],))
 
     def call(self, x):
-        return self.forward(x)
+        return self.transform(x)
 
     def compute_output_shape(self, input_shape):
         _check_squeezable(tuple(input_shape))
@@ -244,11 +240,8 @@ class UniformDequantize(keras.layers.Layer):
 
     def __init__(self, levels: int = 256, margin: float = 1e-3, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(levels, (int, np.integer)) or levels < 2:
-            raise ValueError(f"levels must be an int >= 2, got {levels!r}.")
-        if not 0.0 <= margin < 1.0:
-            raise ValueError(f"margin must lie in [0, 1), got {margin!r}.")
-        self.levels, self.margin, self.seed = int(levels), float(margin), seed
+        self.levels = _util.positive_int("levels", levels, 2)
+        self.margin, self.seed = _util.fraction("margin", margin), seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     @property
@@ -282,14 +275,12 @@ class LogitTransform(keras.layers.Layer):
 
     def __init__(self, alpha: float = 0.05, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 <= alpha < 0.5:
-            raise ValueError(f"alpha must lie in [0, 0.5), got {alpha!r}.")
-        self.alpha = float(alpha)
+        self.alpha = _util.fraction("alpha", alpha, high=0.5)
 
     def _log_det(self, s):
         return _sum_event(math.log(1.0 - 2.0 * self.alpha) - ops.log(s) - ops.log(1.0 - s))
 
-    def forward(self, y):
+    def transform(self, y):
         s = self.alpha + (1.0 - 2.0 * self.alpha) * y
         return ops.log(s) - ops.log(1.0 - s), self._log_det(s)
 
@@ -298,7 +289,7 @@ class LogitTransform(keras.layers.Layer):
         return (s - self.alpha) / (1.0 - 2.0 * self.alpha), -self._log_det(s)
 
     def call(self, y):
-        return self.forward(y)
+        return self.transform(y)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -330,14 +321,16 @@ class ElementwiseAffine(keras.layers.Layer):
         self.shift.assign((-x.mean(0)).astype("float32"))
         self.log_scale.assign((-np.log(x.std(0) + eps)).astype("float32"))
 
-    def forward(self, x):
+    def transform(self, x):
+        x = ops.convert_to_tensor(x)
         return (x + self.shift) * ops.exp(self.log_scale), ops.zeros((ops.shape(x)[0],)) + ops.sum(self.log_scale)
 
     def inverse(self, y):
+        y = ops.convert_to_tensor(y)
         return y * ops.exp(-self.log_scale) - self.shift, ops.zeros((ops.shape(y)[0],)) - ops.sum(self.log_scale)
 
     def call(self, x):
-        return self.forward(x)
+        return self.transform(x)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -376,10 +369,8 @@ class RealNVP(keras.Model):
                  num_hidden: int = 2, levels: int = 256, alpha: float = 0.05, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.event_shape = _event_shape(event_shape, "RealNVP")
-        if not isinstance(num_scales, (int, np.integer)) or num_scales < 1 \
-                or not isinstance(couplings_per_scale, (int, np.integer)) or couplings_per_scale < 1:
-            raise ValueError(f"num_scales and couplings_per_scale must be positive ints, got {num_scales!r}, "
-                             f"{couplings_per_scale!r}.")
+        num_scales = _util.positive_int("num_scales", num_scales)
+        couplings_per_scale = _util.positive_int("couplings_per_scale", couplings_per_scale)
         self.is_image = len(self.event_shape) == 3
         if not self.is_image and num_scales != 1:
             raise ValueError(f"a vector flow has one scale; got num_scales={num_scales}.")
@@ -389,8 +380,10 @@ class RealNVP(keras.Model):
                 raise ValueError(f"{num_scales} scales squeeze {num_scales - 1} times: H and W must be divisible by "
                                  f"{factor}, got image shape {self.event_shape}.")
         self.num_scales, self.couplings_per_scale = int(num_scales), int(couplings_per_scale)
-        self.hidden, self.num_hidden, self.levels, self.alpha, self.seed = \
-            int(hidden), int(num_hidden), int(levels), float(alpha), seed
+        self.hidden = _util.positive_int("hidden", hidden)
+        self.num_hidden = _util.positive_int("num_hidden", num_hidden)
+        self.levels = _util.positive_int("levels", levels, 2)
+        self.alpha, self.seed = _util.fraction("alpha", alpha, high=0.5), seed
         self.num_dims = int(np.prod(self.event_shape))
 
         def group(mask_type, tag):
@@ -426,7 +419,7 @@ class RealNVP(keras.Model):
 
     # -- the flow -------------------------------------------------------------------------------
 
-    def forward(self, x, return_steps: bool = False):
+    def transform(self, x, return_steps: bool = False):
         """Continuous data to latent: ``(z, log_det)``, z (batch, D); images take x in [0, 1].
 
         With ``return_steps``, also the list of values after each layer (the first is the input, or the
@@ -435,14 +428,14 @@ class RealNVP(keras.Model):
         x = ops.convert_to_tensor(x, "float32")
         self._check_shape(x)
         if self.is_image:
-            h, log_det = self.logit.forward(x)
-            h, ld = self.normalize.forward(h)
+            h, log_det = self.logit.transform(x)
+            h, ld = self.normalize.transform(h)
             log_det = log_det + ld
         else:
             h, log_det = x, ops.zeros((ops.shape(x)[0],))
         parts, steps = [], [h]
         for i, layer in enumerate(self.flow_layers):
-            h, ld = layer.forward(h)
+            h, ld = layer.transform(h)
             log_det = log_det + ld
             steps.append(h)
             if i in self.factor_after:
@@ -482,11 +475,11 @@ class RealNVP(keras.Model):
         self._check_shape(ops.convert_to_tensor(np.asarray(q[:1]), "float32"))
         if not self.built:
             self.build()
-        self.normalize.initialize(self.logit.forward(self.dequantize(q))[0])
+        self.normalize.initialize(self.logit.transform(self.dequantize(q))[0])
 
     def call(self, inputs, training=False):
         x = self.dequantize(inputs) if self.is_image else inputs
-        return self.forward(x)
+        return self.transform(x)
 
     def _check_shape(self, x):
         if tuple(x.shape[1:]) != self.event_shape:
@@ -497,13 +490,13 @@ class RealNVP(keras.Model):
 
     def log_prob_from_latent(self, z, log_det):
         """``log N(z; 0, I) + log_det`` in nats, per example (batch,)."""
-        return -0.5 * ops.sum(z**2, axis=1) - 0.5 * self.num_dims * LOG_2PI + log_det
+        return ops.sum(normal_log_density(z, 0.0, 0.0), axis=1) + log_det
 
     def log_prob(self, x, batch_size: int = 512) -> np.ndarray:
         """Log density of continuous data (vectors, or images in [0, 1]) in nats, shape (N,)."""
         out = []
         for i in range(0, len(x), batch_size):
-            z, log_det = self.forward(x[i: i + batch_size])
+            z, log_det = self.transform(x[i: i + batch_size])
             out.append(ops.convert_to_numpy(self.log_prob_from_latent(z, log_det)))
         return np.concatenate(out).astype("float64")
 
@@ -512,7 +505,7 @@ class RealNVP(keras.Model):
 
         ``-log P(q) <= E_u[-log p(y)] - D log((1 - margin) / levels)``: the density of the
         dequantised ``y`` plus the log-determinant of ``u -> y``. This is a discrete NLL, so
-        ``metrics.bits_per_dim(nll, D)`` (no ``levels``) turns it into bits per dimension.
+        ``distributions.bits_per_dim(nll, D)`` (no ``levels``) turns it into bits per dimension.
         """
         if not self.is_image:
             raise ValueError("discrete_nll is for image flows over integer pixels.")
@@ -525,13 +518,13 @@ class RealNVP(keras.Model):
 
     def bits_per_dim(self, q, batch_size: int = 512) -> float:
         """Mean bound on -log2 P(q) per pixel: comparable with ``baselines.PixelCategorical.bits_per_dim``."""
-        return float(np.mean(metrics.bits_per_dim(self.discrete_nll(q, batch_size), self.num_dims)))
+        return float(np.mean(bits_per_dim(self.discrete_nll(q, batch_size), self.num_dims)))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         z, log_det = y_pred
         nll = -ops.mean(self.log_prob_from_latent(z, log_det)) / self.num_dims  # nats per dimension
         if self.is_image:
-            # The same bound as discrete_nll, per dimension, in bits (metrics.bits_per_dim's convention).
+            # The same bound as discrete_nll, per dimension, in bits (distributions.bits_per_dim's convention).
             self.tracker.update_state((nll - self.dequantize.log_det_per_dim) / math.log(2.0))
         else:
             self.tracker.update_state(nll * self.num_dims)
@@ -543,25 +536,43 @@ class RealNVP(keras.Model):
 
     # -- sampling ---------------------------------------------------------------------------------
 
-    def sample(self, n: int, temperature: float = 1.0, seed=None, z=None) -> np.ndarray:
-        """Draw ``n`` examples: ``z ~ N(0, T^2 I)`` through the inverse flow.
+    def decode(self, z, batch_size: int = 500) -> np.ndarray:
+        """Latent codes (n, D) through the inverse flow, as NumPy in the data convention.
+
+        Images: float32 (n, H, W, C) clipped to [0, 1] (the dequantised-pixel scale; multiply
+        by ``levels`` and floor for integers). Vectors: float32 (n, D).
+        """
+        z = np.asarray(ops.convert_to_numpy(z), dtype="float32")
+        batch_size = _util.positive_int("batch_size", batch_size)
+        x = np.concatenate([ops.convert_to_numpy(self.inverse(z[i: i + batch_size])[0])
+                            for i in range(0, len(z), batch_size)])
+        return np.clip(x, 0.0, 1.0) if self.is_image else x
+
+    def generate(self, n: int, *, seed=None, batch_size: int = 500, progress: bool | None = False,
+                 temperature: float = 1.0) -> np.ndarray:
+        """Draw ``n`` examples: ``z ~ N(0, T^2 I)`` through the inverse flow (``decode``).
 
         Args:
-            n: number of samples (ignored when ``z`` is given).
+            n: number of samples.
+            seed: int (the same seed and batch_size give the same samples) or None (fresh randomness).
+            batch_size: samples decoded at once.
+            progress: a progress bar over samples (None: shown except under the smoke profile; off by
+                default, as one inverse pass per batch is quick).
             temperature: standard deviation T of the latent; T < 1 trades variety for typicality.
-            seed: int or ``SeedGenerator`` for the latent.
-            z: optional latent (n, D) to decode instead.
 
-        Returns (n, *event_shape) float32; images are clipped to [0, 1].
+        Returns NumPy float32: images (n, H, W, C) in [0, 1], or vectors (n, D).
         """
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature!r}.")
-        if z is None:
-            if not isinstance(n, (int, np.integer)) or n < 1:
-                raise ValueError(f"n must be a positive int, got {n!r}.")
-            z = temperature * keras.random.normal((n, self.num_dims), seed=seed)
-        x = ops.convert_to_numpy(self.inverse(z)[0])
-        return np.clip(x, 0.0, 1.0) if self.is_image else x
+        n = _util.positive_int("n", n)
+        batch_size = _util.positive_int("batch_size", batch_size)
+        temperature = _util.number("temperature", temperature, low=0.0, low_open=True)
+        seed_generator = keras.random.SeedGenerator(seed)  # one stream for all batches: a seed fixes them all
+        out = []
+        with _util.Progress(n, enabled=progress, unit="sample", label="RealNVP sampling") as bar:
+            for start in range(0, n, batch_size):
+                m = min(batch_size, n - start)
+                out.append(self.decode(temperature * keras.random.normal((m, self.num_dims), seed=seed_generator)))
+                bar.update(start + m)
+        return np.concatenate(out)
 
     def get_config(self):
         return {**super().get_config(), "event_shape": self.event_shape, "num_scales": self.num_scales,

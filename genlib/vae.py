@@ -1,15 +1,17 @@
 """Autoencoders and variational autoencoders (Kingma & Welling 2014; Rezende et al. 2014).
+Chapter 2 (chapters/02_vae.ipynb).
 
 * ``build_encoder`` / ``build_decoder``: convolutional networks sized by arguments. The
   encoder maps an image to the mean and log-variance of a diagonal Gaussian over z; the
   decoder maps z to the mean image.
 * ``build_autoencoder``: the same two networks wired into a plain (deterministic) autoencoder.
 * ``Sampling``: the reparameterisation trick, ``z = mu + exp(log_var / 2) * eps``.
-* ``gaussian_kl``, ``gaussian_log_prob``, ``diagonal_normal_log_prob``: the ELBO's pieces.
+* ``gaussian_kl``: the ELBO's KL term in closed form. The Gaussian log-densities come from
+  ``genlib.distributions`` (``normal_log_density``, ``diagonal_normal_log_density``).
 * ``ConstantBeta``, ``LinearWarmup``, ``CyclicalBeta``: schedules for the KL weight beta.
 * ``VAE``: a model trained with ``fit`` on the negative ELBO ``-log p(x|z) + beta * KL``,
   with a Gaussian decoder whose per-pixel scale is learned, optional free bits, and an
-  importance-sampled log-likelihood bound.
+  importance-sampled log-likelihood bound; ``generate(n)`` samples it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import layers, ops
 
-LOG_2PI = math.log(2.0 * math.pi)
+from genlib import _util
+from genlib.distributions import diagonal_normal_log_density, normal_log_density
+
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active if Cov_x(E_q[z_u]) > 0.01
 
 
@@ -34,17 +39,6 @@ def gaussian_kl(z_mean, z_log_var):
     Sum over the last axis for the KL of the whole code.
     """
     return 0.5 * (ops.square(z_mean) + ops.exp(z_log_var) - 1.0 - z_log_var)
-
-
-def gaussian_log_prob(x, mean, log_sigma):
-    """log N(x; mean, sigma^2) summed over every axis but the first: (batch, ...) -> (batch,)."""
-    per_value = -0.5 * (ops.square((x - mean) / ops.exp(log_sigma)) + LOG_2PI) - log_sigma
-    return ops.sum(ops.reshape(per_value, (ops.shape(per_value)[0], -1)), axis=-1)
-
-
-def diagonal_normal_log_prob(z, z_mean, z_log_var):
-    """log N(z; mu, diag(exp(log_var))) summed over the last axis: (batch, d) -> (batch,)."""
-    return ops.sum(-0.5 * (ops.square(z - z_mean) * ops.exp(-z_log_var) + z_log_var + LOG_2PI), axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="genlib")
@@ -86,12 +80,11 @@ class Sampling(layers.Layer):
 
 
 def _check_sizes(image_shape, latent_dim, filters):
-    if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
-        raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}.")
-    if len(tuple(image_shape)) != 3 or any(int(s) < 1 for s in image_shape):
-        raise ValueError(f"image_shape must be (height, width, channels), got {image_shape!r}.")
-    if not filters or any(int(f) < 1 for f in filters):
+    _util.positive_int("latent_dim", latent_dim)
+    _util.shape("image_shape (height, width, channels)", image_shape, 3)
+    if not filters:
         raise ValueError(f"filters must be a non-empty list of positive ints, got {filters!r}.")
+    _util.shape("filters", filters)
     factor = 2 ** len(filters)
     height, width, _ = image_shape
     if height % factor or width % factor:
@@ -187,19 +180,12 @@ class BetaSchedule:
         return cls(**config)
 
 
-def _check_nonnegative(**values):
-    for key, value in values.items():
-        if not value >= 0:
-            raise ValueError(f"{key} must be >= 0, got {value!r}.")
-
-
 @keras.saving.register_keras_serializable(package="genlib")
 class ConstantBeta(BetaSchedule):
     """beta(step) = beta. ``beta=1`` is the ELBO; ``beta > 1`` the beta-VAE of Higgins et al. (2017)."""
 
     def __init__(self, beta: float = 1.0):
-        _check_nonnegative(beta=beta)
-        self.beta = float(beta)
+        self.beta = _util.number("beta", beta, low=0.0)
 
     def __call__(self, step):
         return ops.cast(step, "float32") * 0.0 + self.beta
@@ -216,10 +202,9 @@ class LinearWarmup(BetaSchedule):
     """
 
     def __init__(self, beta: float = 1.0, warmup_steps: int = 1000, start_step: int = 0):
-        _check_nonnegative(beta=beta, start_step=start_step)
-        if warmup_steps < 1:
-            raise ValueError(f"warmup_steps must be >= 1, got {warmup_steps!r}.")
-        self.beta, self.warmup_steps, self.start_step = float(beta), int(warmup_steps), int(start_step)
+        self.beta = _util.number("beta", beta, low=0.0)
+        self.warmup_steps = _util.positive_int("warmup_steps", warmup_steps)
+        self.start_step = _util.positive_int("start_step", start_step, 0)
 
     def __call__(self, step):
         t = (ops.cast(step, "float32") - self.start_step) / self.warmup_steps
@@ -243,17 +228,14 @@ class CyclicalBeta(BetaSchedule):
 
     def __init__(self, beta: float = 1.0, cycle_steps: int = 1000, ramp_fraction: float = 0.5,
                  zero_fraction: float = 0.0, num_cycles: int | None = None):
-        _check_nonnegative(beta=beta, zero_fraction=zero_fraction)
-        if cycle_steps < 1:
-            raise ValueError(f"cycle_steps must be >= 1, got {cycle_steps!r}.")
-        if not 0 < ramp_fraction <= 1 or zero_fraction + ramp_fraction > 1:
-            raise ValueError("need 0 < ramp_fraction and zero_fraction + ramp_fraction <= 1, got "
+        self.beta = _util.number("beta", beta, low=0.0)
+        self.cycle_steps = _util.positive_int("cycle_steps", cycle_steps)
+        self.zero_fraction = _util.fraction("zero_fraction", zero_fraction)
+        self.ramp_fraction = _util.number("ramp_fraction", ramp_fraction, 0.0, 1.0, low_open=True)
+        if self.zero_fraction + self.ramp_fraction > 1:
+            raise ValueError("need zero_fraction + ramp_fraction <= 1, got "
                              f"ramp_fraction={ramp_fraction!r}, zero_fraction={zero_fraction!r}.")
-        if num_cycles is not None and num_cycles < 1:
-            raise ValueError(f"num_cycles must be >= 1 or None, got {num_cycles!r}.")
-        self.beta, self.cycle_steps = float(beta), int(cycle_steps)
-        self.ramp_fraction, self.zero_fraction = float(ramp_fraction), float(zero_fraction)
-        self.num_cycles = None if num_cycles is None else int(num_cycles)
+        self.num_cycles = _util.optional_positive_int("num_cycles", num_cycles)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
@@ -277,17 +259,18 @@ class VAE(keras.Model):
     """A variational autoencoder trained on the negative ELBO with a weighted KL term.
 
     Likelihood: a Gaussian decoder, ``p(x|z) = N(x; decoder(z), diag(sigma^2))``, with one
-    learned log-scale per pixel (``log_sigma``, floored at ``min_log_sigma``). It is a density
-    on continuous data: train on dequantised images in [0, 1].
+    learned log-scale per pixel (the weight ``raw_log_sigma``; ``log_sigma()`` floors it at
+    ``min_log_sigma``). It is a density on continuous data: train on dequantised images in [0, 1].
 
     Loss per example: ``-log p(x|z) + beta(step) * sum_j max(KL_j, free_bits)`` with
     ``z ~ q(z|x)`` by the reparameterisation trick; free bits (Kingma et al. 2016) stop the
     optimiser from pushing a latent unit's KL below ``free_bits`` nats (batch mean per unit).
+    ``step`` counts training steps (a non-trainable variable, saved with the model).
 
     Args:
         encoder: image (batch, H, W, C) -> [z_mean, z_log_var], each (batch, d).
         decoder: z (batch, d) -> mean image (batch, H, W, C).
-        beta: a float (constant) or a ``BetaSchedule`` of the optimizer step.
+        beta: a float (constant) or a ``BetaSchedule`` of the training step.
         free_bits: nats per latent unit below which the KL is not penalised (0: plain ELBO).
         init_log_sigma: initial decoder log-scale.
         min_log_sigma: floor of the log-scale (default: one intensity level of 256, log(1/256)).
@@ -311,15 +294,20 @@ class VAE(keras.Model):
         if tuple(decoder.output_shape[1:]) != image_shape:
             raise ValueError(f"decoder makes images of shape {tuple(decoder.output_shape[1:])}, but the encoder "
                              f"reads images of shape {image_shape}.")
-        _check_nonnegative(free_bits=free_bits)
+        if len(image_shape) != 3:
+            raise ValueError(f"encoder must read images (batch, H, W, C), got input shape {encoder.input_shape}.")
         self.encoder, self.decoder = encoder, decoder
         self.image_shape, self.latent_dim = image_shape, int(latent_dim)
         self.beta_schedule = beta if isinstance(beta, BetaSchedule) else ConstantBeta(beta)
-        self.free_bits, self.seed = float(free_bits), seed
+        self.free_bits, self.seed = _util.number("free_bits", free_bits, low=0.0), seed
         self.init_log_sigma, self.min_log_sigma = float(init_log_sigma), float(min_log_sigma)
         self.sampling = Sampling(seed=seed, name="sampling")
-        self.log_sigma = self.add_weight(shape=image_shape, name="log_sigma",
-                                         initializer=keras.initializers.Constant(init_log_sigma))
+        self.raw_log_sigma = self.add_weight(shape=image_shape, name="log_sigma",
+                                             initializer=keras.initializers.Constant(init_log_sigma))
+        # The model's own step count, not the optimizer's: JAX's fit computes the loss in a pure
+        # function that sees only the model's variables, and a variable it assigns there comes back out.
+        self.step = self.add_weight(shape=(), dtype="int32", name="step", initializer="zeros", trainable=False,
+                                    aggregation="only_first_replica")
         self.prior_seed = keras.random.SeedGenerator(None if seed is None else seed + 1)
         self.trackers = {name: keras.metrics.Mean(name=name)
                          for name in ("loss", "reconstruction", "kl", "active_units", "beta")}
@@ -336,9 +324,9 @@ class VAE(keras.Model):
             raise ValueError(f"expected images of shape (batch, {', '.join(map(str, self.image_shape))}), "
                              f"got {tuple(x.shape)}.")
 
-    def scale(self):
-        """The decoder's per-pixel log sigma, floored: shape (H, W, C)."""
-        return ops.maximum(self.log_sigma, self.min_log_sigma)
+    def log_sigma(self):
+        """The decoder's per-pixel log sigma, floored at ``min_log_sigma``: shape (H, W, C)."""
+        return ops.maximum(self.raw_log_sigma, self.min_log_sigma)
 
     def call(self, x, training=False):
         """Encode, sample z, decode. Returns a dict of (batch, ...) tensors:
@@ -349,16 +337,19 @@ class VAE(keras.Model):
         return {"x_mean": self.decoder(z, training=training), "z": z, "z_mean": z_mean, "z_log_var": z_log_var}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        x = ops.convert_to_tensor(x, "float32")  # NumPy minus a tensor is an error on torch
         if y_pred is None:
             y_pred = self(x, training=training)
-        reconstruction = -gaussian_log_prob(x, y_pred["x_mean"], self.scale())  # (batch,)
+        # -log p(x|z): the Gaussian decoder's density of each pixel, summed over the image: (batch,)
+        reconstruction = -ops.sum(normal_log_density(x, y_pred["x_mean"], self.log_sigma()), axis=(1, 2, 3))
         kl_per_unit = gaussian_kl(y_pred["z_mean"], y_pred["z_log_var"])  # (batch, d)
         kl = ops.sum(kl_per_unit, axis=-1)
         # Free bits act on each unit's batch-mean KL, so a unit may carry little information
         # about some images as long as it carries enough on average.
         kl_penalty = ops.sum(ops.maximum(ops.mean(kl_per_unit, axis=0), self.free_bits))
-        step = self.optimizer.iterations if self.optimizer is not None else 0
-        beta = self.beta_schedule(step)
+        beta = self.beta_schedule(self.step)
+        if training:
+            self.step.assign_add(1)
         loss = ops.mean(reconstruction) + beta * kl_penalty
         active = ops.sum(ops.cast(ops.var(y_pred["z_mean"], axis=0) > ACTIVE_UNIT_THRESHOLD, "float32"))
         for name, value in (("loss", loss), ("reconstruction", ops.mean(reconstruction)), ("kl", ops.mean(kl)),
@@ -381,40 +372,54 @@ class VAE(keras.Model):
         """Decode the posterior mean: (batch, H, W, C) -> (batch, H, W, C), deterministic."""
         return self.decode(self.encode(x)[0])
 
-    def generate(self, num_images: int, seed=None):
-        """Mean images decoded from z ~ N(0, I): (num_images, H, W, C)."""
-        if num_images < 1:
-            raise ValueError(f"num_images must be >= 1, got {num_images!r}.")
-        z = keras.random.normal((num_images, self.latent_dim), seed=self.prior_seed if seed is None else seed)
-        return self.decode(z)
+    def generate(self, n: int, *, seed=None, batch_size: int = 1000, progress: bool | None = False) -> np.ndarray:
+        """Mean images decoded from ``z ~ N(0, I)``: NumPy float32 (n, H, W, C) in [0, 1].
 
-    def log_likelihood(self, x, num_samples: int = 64, batch_size: int = 100, verbose: int = 0):
+        Args:
+            n: number of images.
+            seed: int (the same seed and batch_size give the same images), or None: the model's
+                own prior seed generator (seeded by ``seed`` of the model), advanced by each call.
+            batch_size: codes decoded at once.
+            progress: a progress bar over images (None: shown except under the smoke profile; off by
+                default, as one decoder pass per batch is quick).
+        """
+        n = _util.positive_int("n", n)
+        batch_size = _util.positive_int("batch_size", batch_size)
+        seed_generator = self.prior_seed if seed is None else keras.random.SeedGenerator(seed)
+        out = []
+        with _util.Progress(n, enabled=progress, unit="image", label="VAE sampling") as bar:
+            for start in range(0, n, batch_size):
+                m = min(batch_size, n - start)
+                z = keras.random.normal((m, self.latent_dim), seed=seed_generator)
+                out.append(ops.convert_to_numpy(self.decode(z)))
+                bar.update(start + m)
+        return np.concatenate(out)
+
+    def log_likelihood(self, x, num_samples: int = 64, batch_size: int = 100, progress: bool | None = None):
         """Importance-sampled lower bound on log p(x) in nats per image (Burda et al. 2016), NumPy (N,).
 
         ``log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x)`` with ``z_k ~ q(z|x)``; K = ``num_samples``.
-        It is at least the ELBO (K = 1) and tends to log p(x) as K grows. ``verbose``: a
-        ``keras.utils.Progbar`` over the chunks of ``batch_size`` images (0: silent).
+        It is at least the ELBO (K = 1) and tends to log p(x) as K grows. ``progress``: a
+        progress bar over images (None: shown except under the smoke profile).
         """
-        import numpy as np
-
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples!r}.")
+        num_samples = _util.positive_int("num_samples", num_samples)
+        batch_size = _util.positive_int("batch_size", batch_size)
         x = np.asarray(x, dtype="float32")
         out = []
-        progress = keras.utils.Progbar(len(x), verbose=verbose)
-        for i in range(0, len(x), batch_size):
-            xb = x[i: i + batch_size]
-            z_mean, z_log_var = self.encode(xb)
-            # Repeat each image K times along the batch axis: one decoder call per chunk.
-            zm, zlv = ops.repeat(z_mean, num_samples, axis=0), ops.repeat(z_log_var, num_samples, axis=0)
-            xr = ops.repeat(ops.convert_to_tensor(xb), num_samples, axis=0)
-            z = self.sampling([zm, zlv])
-            log_w = (gaussian_log_prob(xr, self.decode(z), self.scale())
-                     + diagonal_normal_log_prob(z, ops.zeros_like(z), ops.zeros_like(z))
-                     - diagonal_normal_log_prob(z, zm, zlv))
-            log_w = ops.reshape(log_w, (len(xb), num_samples))
-            out.append(ops.convert_to_numpy(ops.logsumexp(log_w, axis=1) - math.log(num_samples)))
-            progress.update(min(i + batch_size, len(x)))
+        with _util.Progress(len(x), enabled=progress, unit="image", label="log-likelihood bound") as bar:
+            for i in range(0, len(x), batch_size):
+                xb = x[i: i + batch_size]
+                z_mean, z_log_var = self.encode(xb)
+                # Repeat each image K times along the batch axis: one decoder call per chunk.
+                zm, zlv = ops.repeat(z_mean, num_samples, axis=0), ops.repeat(z_log_var, num_samples, axis=0)
+                xr = ops.repeat(ops.convert_to_tensor(xb), num_samples, axis=0)
+                z = self.sampling([zm, zlv])
+                log_w = (ops.sum(normal_log_density(xr, self.decode(z), self.log_sigma()), axis=(1, 2, 3))
+                         + diagonal_normal_log_density(z, ops.zeros_like(z), ops.zeros_like(z))
+                         - diagonal_normal_log_density(z, zm, zlv))
+                log_w = ops.reshape(log_w, (len(xb), num_samples))
+                out.append(ops.convert_to_numpy(ops.logsumexp(log_w, axis=1) - math.log(num_samples)))
+                bar.update(i + len(xb))
         return np.concatenate(out)
 
     def get_config(self):

@@ -5,25 +5,32 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from scipy.special import expit, logsumexp
 
 from genlib import autoregressive as ar
+from genlib import distributions
+from genlib._util import input_gradient
 
 
 def _gradient_dependence(stack, shape=(5, 5, 1)):
-    """D[i, j] = |d out_i / d in_j| summed over channels, over all positions of a small image."""
+    """D[i, j] = |d out_i / d in_j| summed over channels, over all positions of a small image.
+
+    One gradient for all i: copy i of the image in a batch of H*W copies contributes only its
+    output at position i, and copies do not interact, so row i of the gradient is d out_i / d in.
+    """
     h, w, c = shape
-    x = tf.Variable(np.random.default_rng(0).normal(size=(1, *shape)).astype("float32"))
-    dep = np.zeros((h * w, h * w))
-    with tf.GradientTape(persistent=True) as tape:
-        y = x
+    n = h * w
+    x = np.repeat(np.random.default_rng(0).normal(size=(1, *shape)).astype("float32"), n, axis=0)
+    select = keras.ops.convert_to_tensor(np.eye(n, dtype="float32"))
+
+    def picked(t):
         for layer in stack:
-            y = layer(y)
-        outs = [tf.reduce_sum(y[0, i // w, i % w]) for i in range(h * w)]
-    for i, out in enumerate(outs):
-        dep[i] = np.abs(tape.gradient(out, x).numpy()[0].sum(-1)).reshape(-1)
-    return dep
+            t = layer(t)
+        return keras.ops.sum(keras.ops.reshape(keras.ops.sum(t, axis=-1), (n, n)) * select, axis=1)
+
+    picked(x)  # build the layers outside the differentiated function
+    g = keras.ops.convert_to_numpy(input_gradient(picked, x))
+    return np.abs(g.sum(-1)).reshape(n, n)
 
 
 def _nonzero_init_stack(first_type):
@@ -61,12 +68,12 @@ def test_whole_pixelcnn_is_causal():
 
 
 def test_masks_and_bad_arguments():
-    a, b = ar.causal_mask(3, "A")[..., 0, 0], ar.causal_mask(3, "B")[..., 0, 0]
+    a, b = ar.kernel_mask(3, "A")[..., 0, 0], ar.kernel_mask(3, "B")[..., 0, 0]
     np.testing.assert_array_equal(a, [[1, 1, 1], [1, 0, 0], [0, 0, 0]])
     np.testing.assert_array_equal(b, [[1, 1, 1], [1, 1, 0], [0, 0, 0]])
     with pytest.raises(ValueError, match="odd"):
         ar.MaskedConv2D(8, 4, "A")
-    with pytest.raises(ValueError, match="'A' or 'B'"):
+    with pytest.raises(ValueError, match="mask_type"):
         ar.MaskedConv2D(8, 3, "C")
     with pytest.raises(ValueError, match="even"):
         ar.ResidualBlock(7)
@@ -87,7 +94,7 @@ def test_fast_and_naive_samplers_agree(output_dist):
     model = ar.PixelCNN((8, 8, 1), levels=levels, filters=16, num_blocks=2, head_layers=1,
                         output_dist=output_dist, num_mixtures=3)
     model.build()
-    noise = ar.gumbel_noise((3, 8, 8, levels), seed=3)
+    noise = distributions.gumbel_noise((3, 8, 8, levels), seed=3)
     naive = ar.sample_naive(model, 3, temperature=0.8, noise=noise)
     fast = ar.sample_fast(model, 3, temperature=0.8, noise=noise)
     assert naive.shape == (3, 8, 8, 1) and naive.min() >= 0 and naive.max() < levels
@@ -169,3 +176,43 @@ def test_keras_round_trip(tmp_path, output_dist):
     clone = ar.MaskedConv2D.from_config(layer.get_config())
     assert clone.mask_type == "A" and clone.kernel_size == 5
     np.testing.assert_array_equal(clone.mask, layer.mask)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ar.MaskedConv2D(True, 3),  # a bool is an int to Python, never a channel count
+    lambda: ar.MaskedConv2D(4, True),
+    lambda: ar.ResidualBlock(True),
+    lambda: ar.PixelCNN(levels=True),
+    lambda: ar.PixelCNN(num_blocks=-1),
+    lambda: ar.PixelCNN(image_shape=(8, 8)),
+])
+def test_bools_and_bad_sizes_are_refused(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_generate_returns_seeded_integer_images():
+    model = ar.PixelCNN((6, 6, 1), levels=4, filters=8, num_blocks=1, head_layers=1)
+    model.build()
+    a = model.generate(5, seed=3, batch_size=2)  # three batches, one noise stream
+    assert isinstance(a, np.ndarray) and a.shape == (5, 6, 6, 1) and a.dtype == np.int32
+    assert a.min() >= 0 and a.max() < 4
+    np.testing.assert_array_equal(a, model.generate(5, seed=3, batch_size=2))
+    assert not np.array_equal(a, model.generate(5, seed=4, batch_size=2))
+    np.testing.assert_array_equal(model.generate(3, seed=1, sampler="naive"), model.generate(3, seed=1))
+    with pytest.raises(ValueError, match="sampler"):
+        model.generate(2, sampler="slow")
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(2, temperature=-1.0)
+
+
+def test_sampling_sees_weights_changed_after_the_first_sample():
+    # The compiled sampling steps take the weights as state: under JAX they are not frozen at the first trace.
+    model = ar.PixelCNN((4, 4, 1), levels=3, filters=4, num_blocks=1)
+    model.build()
+    before = model.generate(4, seed=0)
+    out = model.stack[-1]
+    out.bias.assign(np.array([0.0, 0.0, 50.0], "float32"))  # level 2 everywhere, whatever the inputs
+    np.testing.assert_array_equal(model.generate(4, seed=0), 2)
+    np.testing.assert_array_equal(ar.sample_naive(model, 2, seed=0), 2)
+    assert not np.all(before == 2)

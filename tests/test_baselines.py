@@ -30,7 +30,7 @@ def test_pixel_categorical_samples_follow_the_fit():
     q = np.zeros((50, 4, 4, 1), dtype=int)
     q[:, 0, 0, 0] = 2
     model = baselines.PixelCategorical(3, alpha=1e-3).fit(q)
-    s = model.sample(200, seed=1)
+    s = model.generate(200, seed=1)
     assert s.shape == (200, 4, 4, 1) and np.mean(s[:, 0, 0, 0] == 2) > 0.95 and np.mean(s[:, 1:] == 0) > 0.95
 
 
@@ -43,7 +43,9 @@ def test_pixel_categorical_bad_input():
     with pytest.raises(ValueError, match=r"\[0, 3\]"):
         model.fit(np.full((2, 3, 3, 1), 7))
     with pytest.raises(ValueError, match="fit first"):
-        model.sample(2)
+        model.generate(2)
+    with pytest.raises(ValueError, match="levels"):
+        baselines.PixelCategorical(True)
 
 
 def test_gaussian_log_prob_matches_scipy():
@@ -59,7 +61,7 @@ def test_gaussian_samples_have_the_fitted_moments():
     rng = np.random.default_rng(1)
     cov = np.array([[1.0, 0.8], [0.8, 1.0]])
     x = rng.multivariate_normal([2.0, -1.0], cov, size=5000).reshape(5000, 2, 1)
-    s = baselines.GaussianBaseline(eps=0.0).fit(x).sample(20000, seed=2, clip=None).reshape(20000, 2)
+    s = baselines.GaussianBaseline(eps=0.0).fit(x).generate(20000, seed=2, clip=None).reshape(20000, 2)
     np.testing.assert_allclose(s.mean(0), [2.0, -1.0], atol=0.05)
     np.testing.assert_allclose(np.cov(s, rowvar=False), cov, atol=0.07)
 
@@ -75,3 +77,23 @@ def test_probabilistic_pca_keeps_top_components():
 def test_uniform_noise():
     x = baselines.uniform_noise(10, (4, 4, 1), (-1, 1), seed=0)
     assert x.shape == (10, 4, 4, 1) and x.min() >= -1 and x.max() <= 1 and x.min() < -0.9
+
+
+def test_generate_is_seeded_batched_and_in_the_data_convention():
+    q = np.random.default_rng(0).integers(0, 5, size=(100, 3, 3, 1))
+    pixel = baselines.PixelCategorical(5).fit(q)
+    a = pixel.generate(7, seed=3, batch_size=2)
+    assert isinstance(a, np.ndarray) and a.shape == (7, 3, 3, 1) and a.dtype == np.int32
+    assert a.min() >= 0 and a.max() < 5
+    np.testing.assert_array_equal(a, pixel.generate(7, seed=3))  # the batch size does not change the draws
+    assert not np.array_equal(a, pixel.generate(7, seed=4))
+    np.testing.assert_array_equal(pixel.sample(7, seed=3), a)  # the former name, same images
+    gauss = baselines.GaussianBaseline().fit(np.random.default_rng(1).uniform(size=(200, 2, 2, 1)))
+    g = gauss.generate(9, seed=5, batch_size=4)
+    assert g.shape == (9, 2, 2, 1) and g.dtype == np.float32 and g.min() >= 0 and g.max() <= 1
+    np.testing.assert_array_equal(g, gauss.generate(9, seed=5))
+    np.testing.assert_array_equal(gauss.sample(9, seed=5), g)
+    assert gauss.generate(50, seed=0, clip=(-1, 1)).min() >= -1
+    for bad in (0, True):
+        with pytest.raises(ValueError, match="n must"):
+            gauss.generate(bad)

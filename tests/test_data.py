@@ -38,6 +38,18 @@ def test_downsample_preserves_mean():
     np.testing.assert_allclose(small.mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), atol=0.02)
 
 
+def test_downsample_is_an_area_average():
+    x = np.random.default_rng(0).uniform(size=(3, 28, 28, 2)).astype("float32")
+    # An integer ratio: the mean of each 2x2 block.
+    np.testing.assert_allclose(data.downsample(x, 14), x.reshape(3, 14, 2, 14, 2, 2).mean(axis=(2, 4)), atol=1e-6)
+    # 28 -> 16: output pixel 0 covers input cells [0, 1.75): cell 0 fully, cell 1 three quarters of the way.
+    w = data.area_weights(28, 16)
+    np.testing.assert_allclose(w.sum(1), 1.0)
+    np.testing.assert_allclose(w[0, :3], [1 / 1.75, 0.75 / 1.75, 0.0])
+    expected = (x[:, :1, :1] * 1 + x[:, :1, 1:2] * 0.75 + x[:, 1:2, :1] * 0.75 + x[:, 1:2, 1:2] * 0.75**2) / 1.75**2
+    np.testing.assert_allclose(data.downsample(x, 16)[:, :1, :1], expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("levels", [2, 4, 16, 256])
 def test_quantize_round_trip(levels):
     rng = np.random.default_rng(0)
@@ -77,8 +89,9 @@ def test_subset_is_seeded_and_balanced():
     np.testing.assert_array_equal(xs, xs2)
     assert np.bincount(ys).tolist() == [100] * 10
     assert not np.array_equal(data.subset(x, None, 50, seed=1), data.subset(x, None, 50, seed=2))
-    with pytest.raises(ValueError, match="positive"):
-        data.subset(x, y, 0)
+    for bad in (0, True, 2.5):  # a bool is an int to Python, never a count
+        with pytest.raises(ValueError, match="n must"):
+            data.subset(x, y, bad)
 
 
 @pytest.fixture

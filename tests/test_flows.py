@@ -6,10 +6,10 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from scipy.stats import norm
 
-from genlib import flows, metrics
+from genlib import distributions, flows
+from genlib._util import input_gradient
 
 
 def _randomise(layer_or_model, scale=0.3, seed=0):
@@ -25,13 +25,20 @@ def _built(layer, shape):
 
 
 def _autodiff_log_det(fn, x):
-    """log |det J| of fn at each example of x, from tf.GradientTape.batch_jacobian on flattened shapes."""
-    x = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = fn(x)
-    n = x.shape[0]
-    jac = tape.batch_jacobian(y, x).numpy().reshape(n, int(np.prod(y.shape[1:])), int(np.prod(x.shape[1:])))
+    """log |det J| of fn at each example of x, the Jacobian from one input gradient.
+
+    Each example is repeated once per output entry k, and copy k contributes only its entry k:
+    the examples do not interact, so the gradient of copy k is row k of that example's Jacobian.
+    """
+    n, num_in = len(x), int(np.prod(x.shape[1:]))
+    num_out = int(np.prod(keras.ops.shape(fn(x[:1]))[1:]))
+    copies = np.repeat(x, num_out, axis=0)  # (n * num_out, ...)
+    select = keras.ops.convert_to_tensor(np.tile(np.eye(num_out, dtype="float32"), (n, 1)))
+
+    def picked(t):
+        return keras.ops.sum(keras.ops.reshape(fn(t), (n * num_out, num_out)) * select, axis=1)
+
+    jac = keras.ops.convert_to_numpy(input_gradient(picked, copies)).reshape(n, num_out, num_in)
     return np.linalg.slogdet(jac.astype("float64"))[1]
 
 
@@ -60,12 +67,12 @@ def test_every_layer_inverts_and_its_log_det_matches_autodiff(name, make, shape)
     layer = _built(make(), shape)
     _randomise(layer)
     x = _images(shape)
-    y, log_det = layer.forward(x)
+    y, log_det = layer.transform(x)
     x_back, inv_log_det = layer.inverse(y)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(x_back), x, atol=1e-4)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(inv_log_det), -keras.ops.convert_to_numpy(log_det),
                                atol=1e-4)
-    expected = _autodiff_log_det(lambda t: layer.forward(t)[0], x)
+    expected = _autodiff_log_det(lambda t: layer.transform(t)[0], x)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(log_det), expected, rtol=1e-4, atol=1e-4)
     if "coupling" in name:  # the check means something only if the coupling does move its input
         assert np.abs(keras.ops.convert_to_numpy(y) - x).max() > 0.05
@@ -79,14 +86,14 @@ def test_whole_model_inverts_and_log_det_matches_autodiff(event_shape, kwargs):
     model.build()
     _randomise(model, scale=0.2)
     x = _images(event_shape)
-    z, log_det = model.forward(x)
+    z, log_det = model.transform(x)
     assert tuple(z.shape) == (len(x), int(np.prod(event_shape)))
     x_back, inv_log_det = model.inverse(z)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(x_back), x, atol=1e-4)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(inv_log_det), -keras.ops.convert_to_numpy(log_det),
                                atol=1e-3)
     if np.prod(event_shape) <= 16:
-        expected = _autodiff_log_det(lambda t: model.forward(t)[0], x)
+        expected = _autodiff_log_det(lambda t: model.transform(t)[0], x)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(log_det), expected, rtol=1e-4, atol=1e-3)
 
 
@@ -129,7 +136,7 @@ def test_coupling_keeps_the_masked_entries_and_transforms_the_others():
     layer = _built(flows.AffineCoupling("checkerboard", 0, hidden=6), (4, 4, 1))
     _randomise(layer)
     x = _images()
-    y = keras.ops.convert_to_numpy(layer.forward(x)[0])
+    y = keras.ops.convert_to_numpy(layer.transform(x)[0])
     kept = layer.mask.astype(bool)[None].repeat(len(x), 0)
     np.testing.assert_array_equal(y[kept], x[kept])
     assert np.abs(y[~kept] - x[~kept]).min() > 0
@@ -139,8 +146,8 @@ def test_data_dependent_initialisation_standardises_the_logits():
     model = flows.RealNVP((4, 4, 1), num_scales=2, couplings_per_scale=1, hidden=4, seed=0)
     q = np.random.default_rng(0).integers(0, 200, size=(512, 4, 4, 1)) + np.arange(16).reshape(1, 4, 4, 1)
     model.initialize(q)
-    h = model.logit.forward(model.dequantize(q))[0]
-    h = keras.ops.convert_to_numpy(model.normalize.forward(h)[0])
+    h = model.logit.transform(model.dequantize(q))[0]
+    h = keras.ops.convert_to_numpy(model.normalize.transform(h)[0])
     np.testing.assert_allclose(h.mean(0), 0.0, atol=0.2)  # a new noise draw: close, not exact
     np.testing.assert_allclose(h.std(0), 1.0, atol=0.2)
 
@@ -175,10 +182,10 @@ def test_bits_per_dim_follows_the_metrics_convention():
     # The bound: continuous NLL of y in [0, 1), converted with metrics' ``levels`` rule, plus the margin term.
     y = keras.ops.convert_to_numpy(flows.UniformDequantize(256, seed=3)(q))
     continuous = -model.log_prob(y) - 16 * math.log(1 - 1e-3)
-    np.testing.assert_allclose(metrics.bits_per_dim(nll, 16), metrics.bits_per_dim(continuous, 16, levels=256),
-                               rtol=1e-5)
+    np.testing.assert_allclose(distributions.bits_per_dim(nll, 16),
+                               distributions.bits_per_dim(continuous, 16, levels=256), rtol=1e-5)
     # A new dequantisation draw: the same bound up to noise.
-    assert model.bits_per_dim(q) == pytest.approx(float(np.mean(metrics.bits_per_dim(nll, 16))), abs=0.1)
+    assert model.bits_per_dim(q) == pytest.approx(float(np.mean(distributions.bits_per_dim(nll, 16))), abs=0.1)
 
 
 def test_training_lowers_bits_per_dim():
@@ -192,13 +199,21 @@ def test_training_lowers_bits_per_dim():
     assert hist[-1] < hist[0] and model.bits_per_dim(q) < before - 0.5
 
 
-def test_samples_have_the_right_shape_and_range():
+def test_samples_have_the_right_shape_range_and_seed():
     model = flows.RealNVP((4, 4, 1), num_scales=2, couplings_per_scale=2, hidden=4)
     model.build()
-    x = model.sample(5, temperature=0.7, seed=1)
-    assert x.shape == (5, 4, 4, 1) and x.min() >= 0 and x.max() <= 1
+    _randomise(model, scale=0.2)
+    x = model.generate(6, temperature=0.7, seed=1, batch_size=3)
+    assert isinstance(x, np.ndarray) and x.shape == (6, 4, 4, 1) and x.min() >= 0 and x.max() <= 1
+    np.testing.assert_array_equal(x, model.generate(6, temperature=0.7, seed=1, batch_size=3))
+    assert not np.array_equal(x, model.generate(6, temperature=0.7, seed=2, batch_size=3))
+    vectors = flows.RealNVP((2,), num_scales=1, couplings_per_scale=2, hidden=4)
+    vectors.build()
+    assert vectors.generate(7, seed=0).shape == (7, 2)
+    fresh = flows.RealNVP((4, 4, 1), num_scales=2, couplings_per_scale=2, hidden=4)
+    fresh.build()
     z = np.zeros((2, 16), "float32")
-    np.testing.assert_allclose(model.sample(2, z=z), 0.5, atol=1e-6)  # identity flow: logit^-1(0) is the middle
+    np.testing.assert_allclose(fresh.decode(z), 0.5, atol=1e-6)  # identity flow: logit^-1(0) is the middle
 
 
 def test_bad_arguments_raise_clear_errors():
@@ -225,13 +240,16 @@ def test_bad_arguments_raise_clear_errors():
     model = flows.RealNVP((4, 4, 1), num_scales=2, couplings_per_scale=1, hidden=4)
     model.build()
     with pytest.raises(ValueError, match="expected inputs"):
-        model.forward(np.zeros((2, 4, 4, 2), "float32"))
+        model.transform(np.zeros((2, 4, 4, 2), "float32"))
     with pytest.raises(ValueError, match="z must have shape"):
         model.inverse(np.zeros((2, 15), "float32"))
     with pytest.raises(ValueError, match="integers in"):
         model.discrete_nll(np.full((1, 4, 4, 1), 256))
     with pytest.raises(ValueError, match="temperature"):
-        model.sample(2, temperature=0.0)
+        model.generate(2, temperature=0.0)
+    for bad in ({"couplings_per_scale": True}, {"num_scales": True}, {"hidden": 0}, {"levels": 1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            flows.RealNVP((4, 4, 1), **bad)
 
 
 @pytest.mark.parametrize("event_shape", [(4, 4, 1), (2,)])
@@ -244,7 +262,7 @@ def test_keras_round_trip(tmp_path, event_shape):
     model.save(path)
     loaded = keras.saving.load_model(path)
     x = _images(event_shape)
-    for a, b in zip(model.forward(x), loaded.forward(x)):
+    for a, b in zip(model.transform(x), loaded.transform(x)):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(b), keras.ops.convert_to_numpy(a), atol=1e-6)
     z = np.random.default_rng(1).normal(size=(3, int(np.prod(event_shape)))).astype("float32")
-    np.testing.assert_allclose(loaded.sample(3, z=z), model.sample(3, z=z), atol=1e-6)
+    np.testing.assert_allclose(loaded.decode(z), model.decode(z), atol=1e-6)
