@@ -1,5 +1,8 @@
 """Denoising diffusion models: DDPM training, DDPM and DDIM sampling, classifier-free guidance.
 
+Chapter 7 (chapters/07_diffusion.ipynb); chapter 12 (chapters/12_multimodal.ipynb) conditions the
+same model on text embeddings.
+
 The forward process adds Gaussian noise in ``T`` small steps, ``q(x_t | x_0) =
 N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)``; a network ``eps_theta(x_t, t)`` learns to
 predict the noise that was added, and samplers run the process backwards from pure noise.
@@ -10,7 +13,7 @@ predict the noise that was added, and samplers run the process backwards from pu
 * ``SinusoidalEmbedding``, ``ResBlock``, ``AttentionBlock``, ``UNet``: the noise predictor, from
   ``genlib.unet`` (re-exported here).
 * ``DiffusionModel``: trains ``UNet`` on the simple loss ``||eps - eps_theta(x_t, t)||^2`` with
-  ``fit``, keeps an exponential moving average (EMA) of its weights, samples with them.
+  ``fit``, keeps an exponential moving average (EMA) of its weights, and ``generate``s with them.
   Optional class labels, dropped to a *null label* at random while training, give
   classifier-free guidance.
 * ``ddpm_step``, ``ddim_step``, ``ddpm_sample``, ``ddim_sample``: the samplers, written for any
@@ -27,7 +30,9 @@ import numpy as np
 from keras import ops
 
 # The noise predictor lives in genlib.unet; its names are re-exported here for the chapter.
-from genlib.unet import AttentionBlock, ResBlock, SinusoidalEmbedding, UNet, _check_positive_int  # noqa: F401
+from genlib import _util
+from genlib._util import positive_int
+from genlib.unet import AttentionBlock, ResBlock, SinusoidalEmbedding, UNet  # noqa: F401
 
 SCHEDULES = ("linear", "cosine")
 
@@ -47,9 +52,8 @@ class NoiseSchedule:
     """
 
     def __init__(self, name: str = "cosine", timesteps: int = 1000, s: float = 0.008):
-        if name not in SCHEDULES:
-            raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULES)}.")
-        self.name, self.timesteps, self.s = name, _check_positive_int("timesteps (T)", timesteps), float(s)
+        self.name = _util.choice("schedule", name, SCHEDULES)
+        self.timesteps, self.s = positive_int("timesteps (T)", timesteps), float(s)
         T = self.timesteps
         if name == "linear":
             scale = 1000.0 / T
@@ -68,7 +72,15 @@ class NoiseSchedule:
         self.posterior_variance = beta * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
 
     def gather(self, values, t):
-        """``values[t]`` for integer steps ``t`` (batch,), as float32 (batch, 1, 1, 1) for broadcasting."""
+        """``values[t]`` for integer steps ``t`` (batch,) in [0, T), as float32 (batch, 1, 1, 1) for broadcasting."""
+        if isinstance(t, (int, np.integer, np.ndarray, list, tuple)):
+            # Check steps we can see: out of range, a gather fails obscurely on a CPU and
+            # returns zeros silently on a GPU. (Steps drawn inside a traced step are in range
+            # by construction and cannot be looked at.)
+            steps = np.asarray(t)
+            if steps.size and (steps.min() < 0 or steps.max() >= self.timesteps):
+                raise ValueError(f"steps t must lie in [0, T) = [0, {self.timesteps}) (index t is step t + 1), "
+                                 f"got values from {steps.min()} to {steps.max()}.")
         table = ops.convert_to_tensor(np.asarray(values, dtype="float32"))
         return ops.reshape(ops.take(table, ops.cast(t, "int32")), (-1, 1, 1, 1))
 
@@ -90,7 +102,7 @@ def q_sample(schedule: NoiseSchedule, x0, t, noise):
 
 def timestep_sequence(timesteps: int, steps: int) -> np.ndarray:
     """``steps`` distinct step indices from ``T - 1`` down to 0, evenly spaced (a DDIM sub-sequence)."""
-    timesteps, steps = _check_positive_int("timesteps (T)", timesteps), _check_positive_int("steps", steps)
+    timesteps, steps = positive_int("timesteps (T)", timesteps), positive_int("steps", steps)
     if steps > timesteps:
         raise ValueError(f"steps ({steps}) cannot exceed the schedule's T ({timesteps}).")
     return np.unique(np.round(np.linspace(0, timesteps - 1, steps)).astype("int64"))[::-1]
@@ -150,22 +162,30 @@ def ddim_step(schedule: NoiseSchedule, x_t, t: int, t_prev: int, eps, eta: float
 
 
 def _run_chain(step_fn, ts, x, seed, progress, keep):
-    seed = keras.random.SeedGenerator(seed) if not isinstance(seed, keras.random.SeedGenerator) else seed
-    bar = keras.utils.Progbar(len(ts), verbose=1 if progress else 0, unit_name="step")
-    xs, x0s = ([keras.ops.convert_to_numpy(x)], []) if keep else (None, None)
+    seed = seed if isinstance(seed, keras.random.SeedGenerator) else keras.random.SeedGenerator(seed)
+    # A caller sampling several batches passes one shared bar; otherwise the chain has its own.
+    bar = progress if isinstance(progress, _util.Progress) else _util.Progress(len(ts), enabled=progress,
+                                                                               label="sampling")
+    done = bar.done
+    xs, x0s = ([ops.convert_to_numpy(x)], []) if keep else (None, None)
     for i, t in enumerate(ts):
         noise = keras.random.normal(ops.shape(x), seed=seed)
         x, x0 = step_fn(i, int(t), x, noise)
         if keep:
-            xs.append(keras.ops.convert_to_numpy(x))
-            x0s.append(keras.ops.convert_to_numpy(x0))
-        bar.update(i + 1)
+            xs.append(ops.convert_to_numpy(x))
+            x0s.append(ops.convert_to_numpy(x0))
+        bar.update(done + i + 1)
+    if bar is not progress:
+        bar.close()
     return (x, np.stack(xs), np.stack(x0s)) if keep else x
 
 
 def ddpm_sample(eps_fn, schedule: NoiseSchedule, x_T, seed=None, clip=None, progress=False,
                 return_trajectory=False):
     """Ancestral sampling through all T steps from noise ``x_T`` (batch, H, W, C).
+
+    ``seed`` seeds the step noise; ``progress``: show a bar (None: except under the smoke profile).
+    ``clip=(low, high)`` clips each x0 prediction to the data range (see ``predict_x0``).
 
     Returns x_0, or (x_0, x_t per step (T+1, batch, ...), x0 predictions (T, batch, ...)).
     """
@@ -216,17 +236,8 @@ def slerp(a, b, weights) -> np.ndarray:
 # The model
 
 
-def _compile(fn):
-    """Trace ``fn`` once per input signature: a sampling loop calls the network hundreds of times."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn, reduce_retracing=True)
-    return fn
-
-
 @keras.saving.register_keras_serializable(package="genlib")
-class DiffusionModel(keras.Model):
+class DiffusionModel(_util.TrainStepModel):
     """A DDPM: a UNet trained to predict the noise in ``x_t``, with an EMA copy for sampling.
 
     Training (``fit(images)`` or ``fit(images, labels)``, images in [-1, 1]): draw t uniformly
@@ -258,15 +269,11 @@ class DiffusionModel(keras.Model):
                  ema_decay: float = 0.999, label_dropout: float = 0.1, groups: int = 8, seed=None,
                  condition_dim: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        image_shape = tuple(int(s) for s in image_shape)
-        if len(image_shape) != 3:
-            raise ValueError(f"image_shape must be (H, W, C), got {image_shape}.")
-        if not 0.0 <= ema_decay < 1.0 or not 0.0 <= label_dropout <= 1.0:
-            raise ValueError(f"need 0 <= ema_decay < 1 and 0 <= label_dropout <= 1, got {ema_decay} and "
-                             f"{label_dropout}.")
+        image_shape = _util.shape("image_shape (H, W, C)", image_shape, rank=3)
         self.schedule = NoiseSchedule(schedule, timesteps)
-        self.image_shape, self.ema_decay, self.label_dropout, self.seed = (image_shape, float(ema_decay),
-                                                                           float(label_dropout), seed)
+        self.image_shape, self.seed = image_shape, seed
+        self.ema_decay = _util.fraction("ema_decay", ema_decay)
+        self.label_dropout = _util.fraction("label_dropout", label_dropout, closed=True)
         net = dict(widths=tuple(widths), blocks_per_level=blocks_per_level, attention=attention,
                    num_classes=num_classes, image_channels=image_shape[-1], groups=groups, condition_dim=condition_dim)
         self.network = UNet(**net, name="network")
@@ -289,7 +296,7 @@ class DiffusionModel(keras.Model):
             v.trainable = False
         self.ema_updates = self.add_weight(shape=(), initializer="zeros", trainable=False, name="ema_updates")
         for e, w in zip(self.ema_network.weights, self.network.weights):
-            e.assign(w)
+            e.assign(ops.copy(w))  # a copy: two variables sharing one JAX buffer break fit (it donates the state)
         self.built = True
 
     def _split(self, inputs):
@@ -320,6 +327,13 @@ class DiffusionModel(keras.Model):
         return self.network(x_t, t, labels), eps
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The simple loss: the mean of ``(eps_pred - eps)^2`` over pixels.
+
+        ``x``: images, or (images, labels); ``y``: labels that ``fit``/``evaluate`` received apart
+        from the images (the prediction is then made with them).
+        """
+        if y is not None:
+            x, y_pred = (x, y), None
         if y_pred is None:
             y_pred = self(x, training=training)
         eps_pred, eps = y_pred
@@ -327,16 +341,14 @@ class DiffusionModel(keras.Model):
         self.loss_tracker.update_state(loss)
         return loss
 
-    def train_step(self, data):
-        # Route labels (fit's y) into call, let Keras do the gradient step, then move the EMA.
+    def training_step(self, data):
+        """One optimizer step on the simple loss, then one EMA update (``fit`` runs it on every backend)."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        logs = super().train_step(((x, y) if y is not None else x,))
+        weights = self.trainable_variables
+        _, _, grads = _util.value_and_grad(lambda: self.compute_loss(x, y, training=True), weights)
+        self.optimizer.apply(grads, weights)
         self.update_ema()
-        return logs
-
-    def test_step(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return super().test_step(((x, y) if y is not None else x,))
+        return {"loss": self.loss_tracker.result()}
 
     def update_ema(self):
         """One EMA update of ``ema_network`` towards ``network`` (called after every training step)."""
@@ -375,16 +387,18 @@ class DiffusionModel(keras.Model):
 
     def noise(self, n: int, seed=None):
         """Starting noise x_T ~ N(0, I), shape (n, H, W, C), as a NumPy array."""
-        return keras.ops.convert_to_numpy(keras.random.normal((_check_positive_int("n", n), *self.image_shape),
-                                                              seed=seed))
+        return ops.convert_to_numpy(keras.random.normal((positive_int("n", n), *self.image_shape), seed=seed))
 
-    def sample(self, n: int | None = None, steps: int | None = 50, sampler: str = "ddim", eta: float = 0.0,
-               labels=None, guidance: float = 1.0, x_T=None, seed=None, clip: bool = True, use_ema: bool = True,
-               batch_size: int = 500, progress: bool = False, return_trajectory: bool = False, compile=None):
-        """Generate images in [-1, 1], shape (n, H, W, C), as a NumPy array.
+    def generate(self, n: int | None = None, *, seed=None, batch_size: int = 500, progress=None, steps: int = 50,
+                 sampler: str = "ddim", eta: float = 0.0, labels=None, guidance: float = 1.0, x_T=None,
+                 clip: bool = True, use_ema: bool = True, compile=None) -> np.ndarray:
+        """Generate images in [-1, 1] (the training data's range), shape (n, H, W, C), as a NumPy array.
 
         Args:
-            n: number of images (or give ``x_T``).
+            n: number of images (may be left out when ``x_T`` is given).
+            seed: int seed of the starting and step noise; the same seed gives the same images.
+            batch_size: images per network call.
+            progress: show a progress bar over the network calls (None: except under smoke).
             steps: network calls for DDIM (ignored by DDPM, which takes all T).
             sampler: ``"ddim"`` or ``"ddpm"``.
             eta: DDIM's noise level (0: deterministic).
@@ -392,19 +406,52 @@ class DiffusionModel(keras.Model):
                 for a vector-conditioned one, or None (unconditional).
             guidance: classifier-free guidance weight (see ``predict_noise``).
             x_T: starting noise (n, H, W, C); drawn from ``seed`` when None.
-            seed: int seed of the starting and step noise.
             clip: clip predicted x0 to [-1, 1] at each step.
             use_ema: sample with the EMA weights (the default) or the trained ones.
-            batch_size: images per network call.
-            return_trajectory: also return x_t and the x0 predictions at every step (one batch only).
-            compile: trace the network call into a graph (True), run it eagerly (False), or decide by
-                the number of calls (None): tracing pays off from about 25 calls.
+            compile: compile the network call (True), run it eagerly (False), or decide by the
+                number of calls (None): compiling pays off from about 25 calls.
         """
-        if sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}.")
+        batch_size = positive_int("batch_size", batch_size)
+        calls = (self.schedule.timesteps if sampler == "ddpm" else steps) * math.ceil(
+            (len(x_T) if x_T is not None else positive_int("n", n)) / batch_size)
+        x_T, labels, eps_model = self._prepare(n, seed, sampler, eta, labels, guidance, x_T, use_ema,
+                                               compile or (compile is None and calls >= 25))
+        outs = []
+        with _util.Progress(calls, enabled=progress, label=f"{sampler.upper()} sampling") as bar:
+            for start in range(0, len(x_T), batch_size):
+                yb = None if labels is None else labels[start: start + batch_size]
+                batch_seed = None if seed is None else seed + 1 + start
+                out = self._chain(eps_model, x_T[start: start + batch_size], yb, sampler, steps, eta, batch_seed,
+                                  clip, bar, keep=False)
+                outs.append(np.clip(ops.convert_to_numpy(out), -1.0, 1.0))
+        return np.concatenate(outs)
+
+    def trajectory(self, n: int | None = None, *, seed=None, steps: int = 50, sampler: str = "ddim",
+                   eta: float = 0.0, labels=None, guidance: float = 1.0, x_T=None, clip: bool = True,
+                   use_ema: bool = True):
+        """The whole chain for a few images, as ``generate`` runs it (one batch).
+
+        Returns (x_0 (n, H, W, C) in [-1, 1], x_t at every step (steps + 1, n, H, W, C) from
+        x_T on, the x0 predictions (steps, n, H, W, C)), as NumPy arrays.
+        """
+        x_T, labels, eps_model = self._prepare(n, seed, sampler, eta, labels, guidance, x_T, use_ema, False)
+        x0, xs, x0s = self._chain(eps_model, x_T, labels, sampler, steps, eta, None if seed is None else seed + 1,
+                                  clip, False, keep=True)
+        return np.clip(ops.convert_to_numpy(x0), -1.0, 1.0), xs, x0s
+
+    def _prepare(self, n, seed, sampler, eta, labels, guidance, x_T, use_ema, compile):
+        # Check the arguments, draw x_T and pick the (compiled) noise predictor.
+        _util.choice("sampler", sampler, ("ddim", "ddpm"))
+        _util.number("eta", eta, low=0.0)
+        guidance = _util.number("guidance", guidance)
         if not self.built:
             self.build()
-        x_T = self.noise(n, seed) if x_T is None else np.asarray(x_T, "float32")
+        if x_T is None:
+            x_T = self.noise(n, seed)
+        else:
+            x_T = np.asarray(x_T, "float32")
+            if n is not None and n != len(x_T):
+                raise ValueError(f"n ({n}) and the {len(x_T)} starting noises of x_T disagree.")
         if tuple(x_T.shape[1:]) != self.image_shape:
             raise ValueError(f"x_T must have shape (n, {', '.join(map(str, self.image_shape))}), got {x_T.shape}.")
         if labels is not None:
@@ -417,30 +464,22 @@ class DiffusionModel(keras.Model):
             if len(labels) != len(x_T):
                 raise ValueError(f"{len(x_T)} images but {len(labels)} labels.")
         eps_model = lambda x, t, y: self.predict_noise(x, t, y, guidance, use_ema)  # noqa: E731
-        calls = (self.schedule.timesteps if sampler == "ddpm" else steps) * math.ceil(len(x_T) / batch_size)
-        if compile or (compile is None and calls >= 25):  # tracing costs about 20 eager calls
-            key = (use_ema, labels is not None, float(guidance))
+        if compile:
+            key = (use_ema, labels is not None, guidance)
             if key not in self._eps_fns:
-                self._eps_fns[key] = _compile(eps_model)
+                # The compiled step reads the sampling network's weights: they are its state.
+                net = self.ema_network if use_ema else self.network
+                self._eps_fns[key] = _util.compile_step(eps_model, state=net.variables)
             eps_model = self._eps_fns[key]
+        return x_T, labels, eps_model
+
+    def _chain(self, eps_model, x_T, labels, sampler, steps, eta, seed, clip, progress, keep):
+        y = None if labels is None else ops.convert_to_tensor(labels)
+        eps_fn = (lambda x, t: eps_model(x, t, y))  # noqa: E731
         limits = (-1.0, 1.0) if clip else None
-        if return_trajectory and len(x_T) > batch_size:
-            raise ValueError(f"return_trajectory keeps one batch: give at most {batch_size} images.")
-        outs = []
-        for start in range(0, len(x_T), batch_size):
-            xb = x_T[start: start + batch_size]
-            yb = None if labels is None else ops.convert_to_tensor(labels[start: start + batch_size])
-            eps_fn = (lambda x, t, yb=yb: eps_model(x, t, yb))
-            batch_seed = None if seed is None else seed + 1 + start
-            if sampler == "ddpm":
-                out = ddpm_sample(eps_fn, self.schedule, xb, batch_seed, limits, progress, return_trajectory)
-            else:
-                out = ddim_sample(eps_fn, self.schedule, xb, steps, eta, batch_seed, limits, progress,
-                                  return_trajectory)
-            if return_trajectory:
-                return (np.clip(keras.ops.convert_to_numpy(out[0]), -1, 1), out[1], out[2])
-            outs.append(np.clip(keras.ops.convert_to_numpy(out), -1.0, 1.0))
-        return np.concatenate(outs)
+        if sampler == "ddpm":
+            return ddpm_sample(eps_fn, self.schedule, x_T, seed, limits, progress, keep)
+        return ddim_sample(eps_fn, self.schedule, x_T, steps, eta, seed, limits, progress, keep)
 
     def get_config(self):
         return {**super().get_config(), "image_shape": list(self.image_shape), "widths": list(self.network.widths),

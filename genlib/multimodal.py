@@ -1,5 +1,7 @@
 """Two modalities in one space: a CLIP-style dual encoder, zero-shot classification, text-to-image.
 
+Chapter 12 (chapters/12_multimodal.ipynb).
+
 * ``TextEncoder``: word ids -> one vector per caption, a small transformer (genlib.transformer
   blocks) read out at the end-of-caption token.
 * ``ImageEncoder``: a small strided CNN, image -> one vector.
@@ -8,8 +10,8 @@
 * ``similarity_logits``, ``info_nce``: the loss written out (the tests compare it with a direct sum).
 * ``zero_shot_classify``, ``recall_at_k``: using the trained space without retraining.
 * Text-to-image: ``genlib.diffusion.DiffusionModel`` with ``condition_dim`` set takes the frozen
-  text embeddings as its condition vectors; ``text_to_image`` samples it with classifier-free
-  guidance, and ``clip_score`` measures how well an image matches its prompt.
+  text embeddings as its condition vectors; ``text_to_image`` calls its ``generate`` with
+  classifier-free guidance, and ``clip_score`` measures how well an image matches its prompt.
 
 Shapes: B batch, L caption length (tokens), D_model encoder width, D shared embedding size.
 """
@@ -22,8 +24,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from genlib import _util
+from genlib._util import positive_int
 from genlib.transformer import TokenAndPositionEmbedding, TransformerBlock
-from genlib.unet import _check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="genlib")
@@ -48,10 +51,10 @@ class TextEncoder(keras.layers.Layer):
     def __init__(self, vocab_size: int, max_length: int = 12, width: int = 64, depth: int = 1, num_heads: int = 4,
                  eos_id: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size, self.max_length = _check_positive_int("vocab_size", vocab_size), _check_positive_int(
-            "max_length", max_length)
-        self.width, self.depth = _check_positive_int("width", width), _check_positive_int("depth", depth)
-        self.num_heads, self.eos_id = _check_positive_int("num_heads", num_heads), int(eos_id)
+        self.vocab_size = positive_int("vocab_size", vocab_size)
+        self.max_length = positive_int("max_length", max_length)
+        self.width, self.depth = positive_int("width", width), positive_int("depth", depth)
+        self.num_heads, self.eos_id = positive_int("num_heads", num_heads), int(eos_id)
         if self.width % self.num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide width ({width}).")
         self.embedding = TokenAndPositionEmbedding(self.vocab_size, self.max_length, self.width, name="embedding")
@@ -98,10 +101,10 @@ class ImageEncoder(keras.layers.Layer):
 
     def __init__(self, filters=(32, 64), width: int = 128, **kwargs):
         super().__init__(**kwargs)
-        self.filters = tuple(_check_positive_int("filters entry", f) for f in filters)
+        self.filters = tuple(positive_int("filters entry", f) for f in filters)
         if not self.filters:
             raise ValueError("filters must name at least one convolution, got ().")
-        self.width = _check_positive_int("width", width)
+        self.width = positive_int("width", width)
         self.convs = [keras.layers.Conv2D(f, 3, strides=2, padding="same", activation="gelu", name=f"conv{i}")
                       for i, f in enumerate(self.filters)]
         self.flatten = keras.layers.Flatten()
@@ -174,10 +177,8 @@ class DualEncoder(keras.Model):
                  text_depth: int = 1, num_heads: int = 4, image_filters=(32, 64), image_width: int = 128,
                  init_temperature: float = 0.07, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 < init_temperature <= 1.0:
-            raise ValueError(f"init_temperature must lie in (0, 1], got {init_temperature}.")
-        self.embed_dim = _check_positive_int("embed_dim", embed_dim)
-        self.init_temperature = float(init_temperature)
+        self.embed_dim = positive_int("embed_dim", embed_dim)
+        self.init_temperature = _util.number("init_temperature", init_temperature, 0.0, 1.0, low_open=True)
         self.text_encoder = TextEncoder(vocab_size, max_length, text_width, text_depth, num_heads, name="text_encoder")
         self.image_encoder = ImageEncoder(image_filters, image_width, name="image_encoder")
         self.text_projection = keras.layers.Dense(self.embed_dim, use_bias=False, name="text_projection")
@@ -290,7 +291,7 @@ def recall_at_k(similarity, k: int = 1) -> float:
     s = np.asarray(similarity)
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
         raise ValueError(f"similarity must be a square (N, N) matrix, got shape {s.shape}.")
-    k = _check_positive_int("k", k)
+    k = positive_int("k", k)
     # Rank of the match = number of items scored strictly higher (ties count in the query's favour).
     rank = (s > np.diag(s)[:, None]).sum(axis=1)
     return float(np.mean(rank < k))
@@ -306,14 +307,15 @@ def clip_score(model: DualEncoder, images, text_embeddings, batch_size: int = 50
 
 
 def text_to_image(diffusion_model, text_embeddings, guidance: float = 3.0, steps: int = 20, seed=None,
-                  **sample_kwargs) -> np.ndarray:
-    """Images for prompts: sample a ``DiffusionModel(condition_dim=D)`` conditioned on (N, D) text embeddings.
+                  **generate_kwargs) -> np.ndarray:
+    """Images for prompts: ``generate`` of a ``DiffusionModel(condition_dim=D)`` on (N, D) text embeddings.
 
     ``guidance`` w mixes the conditional and unconditional noise predictions,
-    ``eps_null + w (eps_text - eps_null)`` (classifier-free guidance). Returns (N, H, W, C) in [-1, 1].
+    ``eps_null + w (eps_text - eps_null)`` (classifier-free guidance). Other keywords (``batch_size``,
+    ``progress``, ...) go to ``generate``. Returns (N, H, W, C) in [-1, 1], NumPy.
     """
     if getattr(diffusion_model, "condition_dim", None) is None:
         raise ValueError("text_to_image needs a DiffusionModel built with condition_dim (the text embedding size).")
     text_embeddings = np.asarray(text_embeddings, "float32")
-    return diffusion_model.sample(len(text_embeddings), steps=steps, labels=text_embeddings, guidance=guidance,
-                                  seed=seed, **sample_kwargs)
+    return diffusion_model.generate(len(text_embeddings), labels=text_embeddings, guidance=guidance, steps=steps,
+                                    seed=seed, **generate_kwargs)

@@ -1,15 +1,19 @@
 """A GPT from scratch: embeddings, causal self-attention, pre-norm blocks, a sampler.
 
-The pieces, in the order the chapter builds them:
+Chapter 8 (chapters/08_transformer.ipynb); chapter 12 (chapters/12_multimodal.ipynb) reuses the
+blocks in its text encoder. The pieces, in the order the chapter builds them:
 
 * ``TokenAndPositionEmbedding``: token id -> vector, plus a learned vector per position.
+* ``causal_attention_mask``: which keys each query may attend to (itself and earlier positions).
 * ``CausalSelfAttention``: multi-head attention written with ``keras.ops`` (the mask and
   the softmax are in plain sight), with a key/value cache for generation.
 * ``TransformerBlock``: pre-norm residual block, ``x + attn(LN(x))`` then ``x + mlp(LN(x))``.
 * ``GPT``: the stack, trained with ``fit`` on next-token cross-entropy; reports bits per
-  character; ``attention_maps`` returns the attention weights for plotting.
-* ``Sampler``: temperature and top-k sampling, with or without the cache; both draw the
-  same random numbers up front, so for one seed they produce the same tokens.
+  character; ``attention_maps`` returns the attention weights for plotting; ``generate``
+  samples token sequences (through a ``Sampler``).
+* ``choose_tokens``: one token per row by the Gumbel-max trick, with temperature and top-k.
+* ``Sampler``: the generation loop, with or without the cache; both draw the same random
+  numbers up front, so for one seed they produce the same tokens.
 * ``CharWindows`` / ``sequential_windows``: random training windows and fixed
   validation windows cut from a long id sequence.
 
@@ -25,11 +29,19 @@ import keras
 import numpy as np
 from keras import ops
 
+from genlib import _util
+from genlib._util import positive_int
+from genlib.distributions import gumbel_max, gumbel_noise
+
 NEG_INF = -1e9  # a finite "minus infinity": exp() underflows to 0 and no NaN appears
 
 
-def causal_mask(num_queries, num_keys, start=0):
-    """Boolean (num_queries, num_keys) mask: query i (at absolute position start + i) sees key j iff j <= start + i."""
+def causal_attention_mask(num_queries, num_keys, start=0):
+    """Which keys each query may attend to: a boolean (num_queries, num_keys) array, True = may look.
+
+    Query i sits at absolute position ``start + i`` and sees key j iff ``j <= start + i``: itself
+    and the past, never the future. (Not to be confused with the PixelCNN's masked kernels.)
+    """
     query_pos = ops.arange(num_queries) + start
     key_pos = ops.arange(num_keys)
     return ops.expand_dims(key_pos, 0) <= ops.expand_dims(query_pos, 1)
@@ -49,10 +61,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     def __init__(self, vocab_size, max_length, width, **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("vocab_size", vocab_size), ("max_length", max_length), ("width", width)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        self.vocab_size, self.max_length, self.width = int(vocab_size), int(max_length), int(width)
+        self.vocab_size = positive_int("vocab_size", vocab_size)
+        self.max_length = positive_int("max_length", max_length)
+        self.width = positive_int("width", width)
 
     def build(self, input_shape):
         init = keras.initializers.RandomNormal(stddev=0.02)
@@ -93,11 +104,7 @@ class CausalSelfAttention(keras.layers.Layer):
 
     def __init__(self, num_heads, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
-            raise ValueError(f"num_heads must be a positive integer, got {num_heads!r}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}.")
-        self.num_heads, self.dropout = int(num_heads), float(dropout)
+        self.num_heads, self.dropout = positive_int("num_heads", num_heads), _util.fraction("dropout", dropout)
         self.attention_dropout = keras.layers.Dropout(self.dropout)
 
     def build(self, input_shape):
@@ -140,7 +147,7 @@ class CausalSelfAttention(keras.layers.Layer):
     def call(self, x, training=None, return_attention=False):
         q, k, v = self.queries_keys_values(x)
         length = ops.shape(x)[1]
-        out, weights = self.attend(q, k, v, causal_mask(length, length), training=training)
+        out, weights = self.attend(q, k, v, causal_attention_mask(length, length), training=training)
         return (out, weights) if return_attention else out
 
     def call_with_cache(self, x, k_cache, v_cache, start):
@@ -155,7 +162,7 @@ class CausalSelfAttention(keras.layers.Layer):
         # step function is traced once, not once per generated token.
         k_cache = ops.slice_update(k_cache, (0, 0, start, 0), k)
         v_cache = ops.slice_update(v_cache, (0, 0, start, 0), v)
-        mask = causal_mask(ops.shape(x)[1], ops.shape(k_cache)[2], start)
+        mask = causal_attention_mask(ops.shape(x)[1], ops.shape(k_cache)[2], start)
         out, _ = self.attend(q, k_cache, v_cache, mask)
         return out, k_cache, v_cache
 
@@ -183,9 +190,8 @@ class TransformerBlock(keras.layers.Layer):
 
     def __init__(self, num_heads, mlp_ratio=4, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(mlp_ratio, (int, np.integer)) or mlp_ratio < 1:
-            raise ValueError(f"mlp_ratio must be a positive integer, got {mlp_ratio!r}.")
-        self.num_heads, self.mlp_ratio, self.dropout = num_heads, int(mlp_ratio), float(dropout)
+        self.num_heads, self.mlp_ratio = positive_int("num_heads", num_heads), positive_int("mlp_ratio", mlp_ratio)
+        self.dropout = _util.fraction("dropout", dropout)
         self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5)
         self.attention = CausalSelfAttention(num_heads, dropout)
         self.norm2 = keras.layers.LayerNormalization(epsilon=1e-5)
@@ -244,19 +250,22 @@ class GPT(keras.Model):
     def __init__(self, vocab_size, max_length, width=128, depth=2, num_heads=4, mlp_ratio=4, dropout=0.0,
                  **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(depth, (int, np.integer)) or depth < 1:
-            raise ValueError(f"depth must be a positive integer, got {depth!r}.")
-        if not isinstance(num_heads, (int, np.integer)) or num_heads < 1 or width % num_heads:
-            raise ValueError(f"num_heads must be a positive integer dividing width={width}, got {num_heads!r}.")
-        self.vocab_size, self.max_length, self.width = int(vocab_size), int(max_length), int(width)
-        self.depth, self.num_heads, self.mlp_ratio, self.dropout = int(depth), int(num_heads), mlp_ratio, dropout
-        self.embedding = TokenAndPositionEmbedding(vocab_size, max_length, width)
-        self.embedding_dropout = keras.layers.Dropout(dropout)
-        self.blocks = [TransformerBlock(num_heads, mlp_ratio, dropout, name=f"block_{i}") for i in range(depth)]
+        self.vocab_size = positive_int("vocab_size", vocab_size)
+        self.max_length = positive_int("max_length", max_length)
+        self.width, self.depth = positive_int("width", width), positive_int("depth", depth)
+        self.num_heads, self.mlp_ratio = positive_int("num_heads", num_heads), positive_int("mlp_ratio", mlp_ratio)
+        self.dropout = _util.fraction("dropout", dropout)
+        if self.width % self.num_heads:
+            raise ValueError(f"num_heads must divide width={width}, got {num_heads!r}.")
+        self.embedding = TokenAndPositionEmbedding(self.vocab_size, self.max_length, self.width)
+        self.embedding_dropout = keras.layers.Dropout(self.dropout)
+        self.blocks = [TransformerBlock(self.num_heads, self.mlp_ratio, self.dropout, name=f"block_{i}")
+                       for i in range(self.depth)]
         self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5)
         self.head = keras.layers.Dense(vocab_size, name="head")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.bpc_tracker = keras.metrics.Mean(name="bits_per_char")
+        self._samplers = {}  # one per use_cache, so generate compiles its steps once
 
     def build(self, input_shape=(None, None)):
         hidden = (*input_shape, self.width)
@@ -315,6 +324,41 @@ class GPT(keras.Model):
             new_v.append(v)
         return self.head(self.final_norm(x)), ops.stack(new_k), ops.stack(new_v)
 
+    def generate(self, n: int, *, seed=None, batch_size: int = 64, progress=None, prompt=None, length=None,
+                 temperature: float = 1.0, top_k=None, use_cache: bool = True) -> np.ndarray:
+        """Sample ``n`` sequences of token ids: each is the prompt followed by ``length`` new tokens.
+
+        Args:
+            n: number of sequences.
+            seed: int seed; the same seed gives the same tokens.
+            batch_size: sequences sampled side by side.
+            progress: show a progress bar over the tokens (None: except under the smoke profile).
+            prompt: ids (P,) every sequence starts from, or (n, P), one prompt each; None: the one
+                token 0 (for the book's character vocabulary, a line break).
+            length: new tokens per sequence; None: ``max_length``.
+            temperature, top_k: see ``Sampler.__call__``.
+            use_cache: sample with the key/value cache (same tokens, faster).
+
+        Returns int32 NumPy (n, P + length), ready for the vocabulary's ``decode``.
+        """
+        n, batch_size = positive_int("n", n), positive_int("batch_size", batch_size)
+        length = self.max_length if length is None else positive_int("length", length)
+        prompt = np.zeros((1,), "int32") if prompt is None else np.asarray(prompt, "int32")
+        prompt = np.repeat(prompt[None], n, axis=0) if prompt.ndim == 1 else prompt
+        if prompt.ndim != 2 or len(prompt) != n:
+            raise ValueError(f"prompt must be (P,) or (n={n}, P) ids, got shape {prompt.shape}.")
+        if not self.built:
+            self.build((None, self.max_length))
+        if use_cache not in self._samplers:
+            self._samplers[use_cache] = Sampler(self, use_cache=use_cache)
+        sampler = self._samplers[use_cache]
+        out = []
+        with _util.Progress(n * length, enabled=progress, unit="token", label="sampling") as bar:
+            for start in range(0, n, batch_size):
+                out.append(sampler(prompt[start: start + batch_size], length, temperature=temperature, top_k=top_k,
+                                   seed=None if seed is None else seed + start, progress=bar))
+        return np.concatenate(out)
+
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "max_length": self.max_length,
                 "width": self.width, "depth": self.depth, "num_heads": self.num_heads,
@@ -322,7 +366,7 @@ class GPT(keras.Model):
 
 
 def choose_tokens(logits, noise, temperature, top_k):
-    """Sample one token per row with the Gumbel-max trick.
+    """Sample one token per row with the Gumbel-max trick (``genlib.distributions.gumbel_max``).
 
     ``argmax(logits / T + g)`` with ``g`` standard Gumbel noise is a draw from
     ``softmax(logits / T)``; multiplying through by T gives ``argmax(logits + T g)``, which
@@ -331,37 +375,14 @@ def choose_tokens(logits, noise, temperature, top_k):
 
     logits, noise (B, V); temperature float scalar; top_k int scalar. Returns ids (B,) int32.
     """
+    logits, noise = ops.convert_to_tensor(logits), ops.convert_to_tensor(noise, dtype=logits.dtype)
+    temperature, top_k = ops.cast(temperature, logits.dtype), ops.cast(top_k, "int32")
     vocab = ops.shape(logits)[-1]
     k = ops.where(top_k > 0, ops.minimum(top_k, vocab), vocab)
     kth_largest = ops.take(ops.sort(logits, axis=-1), vocab - k, axis=-1)  # sort is ascending
     logits = ops.where(logits >= ops.expand_dims(kth_largest, -1), logits, NEG_INF)
-    return ops.cast(ops.argmax(logits + temperature * noise, axis=-1), "int32")
-
-
-def _compile(fn, jit_compile=True):
-    """Compile a step function for the active backend, so the per-token Python cost is one call."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        traced, concrete = tf.function(fn, jit_compile=jit_compile), {}
-
-        def call(*args):
-            # Look the traced graph up once per input signature, then call it directly:
-            # tf.function's own argument matching costs about a millisecond per call, as much
-            # as a whole cached step of a small model.
-            args = [tf.convert_to_tensor(a) for a in args]
-            key = tuple((tuple(a.shape), a.dtype) for a in args)
-            if key not in concrete:
-                concrete[key] = traced.get_concrete_function(*args)
-            return concrete[key](*args)
-
-        return call
-    if backend == "jax":
-        import jax
-
-        return jax.jit(fn)
-    return fn
+    # Scale the noise rather than divide the logits, so that T = 0 stays defined.
+    return gumbel_max(logits, noise=temperature * noise)
 
 
 class Sampler:
@@ -376,18 +397,18 @@ class Sampler:
         model: a built ``GPT``.
         use_cache: True: each step runs one new token through the model against cached keys
             and values (cost O(L) per token); False: each step reruns the whole window (O(L^2)).
-        jit_compile: compile the step with XLA (TensorFlow backend).
     """
 
-    def __init__(self, model, use_cache=True, jit_compile=True):
+    def __init__(self, model, use_cache=True):
         if not isinstance(model, GPT):
             raise ValueError(f"Sampler needs a genlib GPT, got {type(model).__name__}.")
         if not model.built:
             raise ValueError("build the model first (call it once on a batch of ids).")
         self.model, self.use_cache = model, bool(use_cache)
-        self._full_step = _compile(self._full_step_fn, jit_compile)
-        self._prefill = _compile(self._prefill_fn, jit_compile)
-        self._cached_step = _compile(self._cached_step_fn, jit_compile)
+        # Each step is compiled once; the model's weights are its state (read at every call).
+        self._full_step = _util.compile_step(self._full_step_fn, state=model.variables)
+        self._prefill = _util.compile_step(self._prefill_fn, state=model.variables)
+        self._cached_step = _util.compile_step(self._cached_step_fn, state=model.variables)
 
     def _full_step_fn(self, window, length, noise, temperature, top_k):
         logits = self.model(window, training=False)  # (B, L, V); positions >= length are padding
@@ -409,7 +430,7 @@ class Sampler:
             temperature: >= 0; 1 samples the model's distribution, < 1 sharpens it, 0 is greedy.
             top_k: sample only among the k most likely tokens (None: all).
             seed: seeds the noise; the same seed gives the same text with or without the cache.
-            progress: show a progress bar.
+            progress: show a progress bar (None: except under the smoke profile).
         """
         prompt = np.asarray(prompt_ids, dtype="int32")
         prompt = prompt[None] if prompt.ndim == 1 else prompt
@@ -420,38 +441,43 @@ class Sampler:
             raise ValueError(f"prompt of {prompt.shape[1]} tokens is longer than max_length={L}; crop it.")
         if prompt.min() < 0 or prompt.max() >= vocab:
             raise ValueError(f"prompt ids must lie in [0, {vocab - 1}].")
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature!r}.")
-        if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
-            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
-        if not isinstance(num_new_tokens, (int, np.integer)) or num_new_tokens < 0:
-            raise ValueError(f"num_new_tokens must be a non-negative integer, got {num_new_tokens!r}.")
+        temperature = _util.number("temperature", temperature, low=0.0)
+        top_k = _util.optional_positive_int("top_k", top_k) or 0  # 0: keep every token
+        num_new_tokens = positive_int("num_new_tokens", num_new_tokens, minimum=0)
         batch = len(prompt)
-        u = keras.random.uniform((max(num_new_tokens, 1), batch, vocab), minval=1e-7, maxval=1.0,
-                                 seed=keras.random.SeedGenerator(seed))
-        noise = -np.log(-np.log(ops.convert_to_numpy(u)))  # standard Gumbel, one row per step
-        temperature, top_k = np.float32(temperature), np.int32(top_k or 0)
+        # The compiled steps get tensors: converting NumPy arguments at every call would cost
+        # more than a cached step itself.
+        tensor = ops.convert_to_tensor
+        temperature, top_k = tensor(temperature, "float32"), tensor(top_k, "int32")
+        # Standard Gumbel noise, one (batch, V) row per step.
+        noise = gumbel_noise((max(num_new_tokens, 1), batch, vocab), seed=keras.random.SeedGenerator(seed))
         window = np.zeros((batch, L), dtype="int32")
         window[:, : prompt.shape[1]] = prompt
         length, caches = prompt.shape[1], None
         out = [prompt]
-        bar = keras.utils.Progbar(num_new_tokens, verbose=1 if progress else 0)
+        # generate() passes one bar for all its batches; otherwise the call has its own.
+        bar = progress if isinstance(progress, _util.Progress) else _util.Progress(
+            num_new_tokens * batch, enabled=progress, unit="token", label="sampling")
+        done = bar.done
         for t in range(num_new_tokens):
             if length == L:  # window full: keep its last half as context
                 window = np.concatenate([window[:, L - L // 2:], np.zeros((batch, L - L // 2), "int32")], axis=1)
                 length, caches = L // 2, None
             args = (noise[t], temperature, top_k)
             if not self.use_cache:
-                token = self._full_step(window, np.int32(length), *args)
+                token = self._full_step(tensor(window), tensor(length, "int32"), *args)
             elif caches is None:
-                token, *caches = self._prefill(window, np.int32(length), *args)
+                token, *caches = self._prefill(tensor(window), tensor(length, "int32"), *args)
             else:
-                token, *caches = self._cached_step(window[:, length - 1], np.int32(length - 1), *caches, *args)
+                token, *caches = self._cached_step(tensor(window[:, length - 1]), tensor(length - 1, "int32"),
+                                                   *caches, *args)
             token = ops.convert_to_numpy(token)
             window[:, length] = token
             length += 1
             out.append(token[:, None])
-            bar.update(t + 1)
+            bar.update(done + (t + 1) * batch)
+        if bar is not progress:
+            bar.close()
         return np.concatenate(out, axis=1)
 
 

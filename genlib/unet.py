@@ -8,7 +8,8 @@
   class labels (with a null label for classifier-free guidance) or condition vectors
   (``condition_dim``, e.g. text embeddings; the zero vector is their null).
 
-Used by ``genlib.diffusion`` (and by any chapter that needs a denoiser).
+Chapter 7 (chapters/07_diffusion.ipynb) shows these blocks; ``genlib.diffusion`` trains them, and
+chapter 12 (chapters/12_multimodal.ipynb) conditions them on text embeddings.
 """
 
 from __future__ import annotations
@@ -19,11 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return int(value)
+from genlib._util import optional_positive_int, positive_int
 
 
 @keras.saving.register_keras_serializable(package="genlib")
@@ -43,7 +40,7 @@ class SinusoidalEmbedding(keras.layers.Layer):
 
     def __init__(self, dim: int, max_period: float = 10000.0, **kwargs):
         super().__init__(**kwargs)
-        if _check_positive_int("dim", dim) % 2:
+        if positive_int("dim", dim) % 2:
             raise ValueError(f"dim must be even (half sines, half cosines), got {dim}.")
         self.dim, self.max_period = int(dim), float(max_period)
 
@@ -80,7 +77,7 @@ class ResBlock(keras.layers.Layer):
 
     def __init__(self, filters: int, groups: int = 8, **kwargs):
         super().__init__(**kwargs)
-        self.filters, self.groups = _check_positive_int("filters", filters), _check_positive_int("groups", groups)
+        self.filters, self.groups = positive_int("filters", filters), positive_int("groups", groups)
         _check_groups(self.filters, self.groups)
         self.norm1 = keras.layers.GroupNormalization(self.groups, name="norm1")
         self.conv1 = keras.layers.Conv2D(self.filters, 3, padding="same", name="conv1")
@@ -130,7 +127,7 @@ class AttentionBlock(keras.layers.Layer):
 
     def __init__(self, num_heads: int = 1, groups: int = 8, **kwargs):
         super().__init__(**kwargs)
-        self.num_heads, self.groups = _check_positive_int("num_heads", num_heads), _check_positive_int("groups", groups)
+        self.num_heads, self.groups = positive_int("num_heads", num_heads), positive_int("groups", groups)
         self.norm = keras.layers.GroupNormalization(self.groups, name="norm")
         self.attention = None
 
@@ -187,16 +184,17 @@ class UNet(keras.layers.Layer):
                  num_classes: int | None = None, image_channels: int = 1, groups: int = 8,
                  condition_dim: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        widths = tuple(int(_check_positive_int("widths entry", w)) for w in widths)
+        widths = tuple(positive_int("widths entry", w) for w in widths)
         if not widths:
             raise ValueError("widths must name at least one level, got ().")
+        self.groups = positive_int("groups", groups)
         for w in widths:
-            _check_groups(w, groups)
-        self.widths, self.blocks_per_level = widths, _check_positive_int("blocks_per_level", blocks_per_level)
-        self.attention, self.groups = bool(attention), int(groups)
-        self.num_classes = None if num_classes is None else _check_positive_int("num_classes", num_classes)
-        self.image_channels = _check_positive_int("image_channels", image_channels)
-        self.condition_dim = None if condition_dim is None else _check_positive_int("condition_dim", condition_dim)
+            _check_groups(w, self.groups)
+        self.widths, self.blocks_per_level = widths, positive_int("blocks_per_level", blocks_per_level)
+        self.attention = bool(attention)
+        self.num_classes = optional_positive_int("num_classes", num_classes)
+        self.image_channels = positive_int("image_channels", image_channels)
+        self.condition_dim = optional_positive_int("condition_dim", condition_dim)
         if self.num_classes is not None and self.condition_dim is not None:
             raise ValueError(f"give num_classes or condition_dim, not both (got {num_classes} and {condition_dim}).")
         emb = 4 * widths[0]

@@ -1,5 +1,5 @@
 """Tests of genlib.diffusion: schedule identities, the forward process against Monte Carlo,
-DDIM determinism and exactness with a perfect noise oracle, shapes, guidance, serialisation."""
+DDIM determinism and exactness with a perfect noise oracle, shapes, guidance, generate, serialisation."""
 
 import keras  # noqa: I001
 import numpy as np
@@ -30,15 +30,29 @@ def test_schedule_identities(name, T):
 
 
 def test_bad_schedule_arguments():
-    with pytest.raises(ValueError, match="unknown schedule"):
+    with pytest.raises(ValueError, match="schedule must be one of"):
         dm.NoiseSchedule("quadratic", 100)
-    for T in [0, -5, 2.5]:
+    for T in [0, -5, 2.5, True]:
         with pytest.raises(ValueError, match="timesteps"):
             dm.NoiseSchedule("cosine", T)
     with pytest.raises(ValueError, match="timesteps"):
         dm.DiffusionModel(timesteps=0)
-    with pytest.raises(ValueError, match="unknown schedule"):
+    with pytest.raises(ValueError, match="schedule must be one of"):
         dm.DiffusionModel(schedule="sigmoid")
+    with pytest.raises(ValueError, match="widths"):
+        dm.DiffusionModel(widths=(8, True))
+
+
+def test_q_sample_refuses_steps_outside_the_schedule():
+    """Index t runs over [0, T): t = T used to fail deep inside a gather (and read zeros on a GPU)."""
+    s = dm.NoiseSchedule("cosine", 20)
+    x0 = np.zeros((2, 4, 4, 1), "float32")
+    assert dm.q_sample(s, x0, np.array([0, 19]), x0).shape == (2, 4, 4, 1)
+    for bad in ([0, 20], [-1, 3]):
+        with pytest.raises(ValueError, match=r"\[0, 20\)"):
+            dm.q_sample(s, x0, np.array(bad), x0)
+    with pytest.raises(ValueError, match="steps t"):
+        s.gather(s.signal_rate, 20)
 
 
 def test_forward_process_matches_closed_form():
@@ -141,7 +155,8 @@ def test_ddpm_step_mean_equals_eps_form():
 def trained():
     """One small conditional model trained once (tracing fit is the slow part) and its history."""
     model = small_model(num_classes=3, ema_decay=0.9, label_dropout=0.5)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), run_eagerly=True)  # tracing would cost more
+    # Compiled, as a chapter runs it: under JAX that is where the EMA copy once shared the weights' buffers.
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
     rng = np.random.default_rng(0)
     # Three classes of constant images: easy to learn, and the label matters.
     y = rng.integers(0, 3, 128)
@@ -167,25 +182,56 @@ def test_training_lowers_loss_and_moves_ema(trained):
 def test_ddim_eta_zero_is_deterministic_and_eta_one_is_not(trained):
     model = trained[0]
     x_T = model.noise(4, seed=3)
-    a = model.sample(x_T=x_T, steps=20, seed=10, batch_size=2)  # 40 calls: the traced (compiled) path
-    b = model.sample(x_T=x_T, steps=20, seed=99, batch_size=2)  # a different step seed changes nothing at eta = 0
+    a = model.generate(x_T=x_T, steps=5, seed=10, batch_size=2, compile=True)
+    b = model.generate(x_T=x_T, steps=5, seed=99, batch_size=2, compile=True)  # another step seed: same at eta = 0
     np.testing.assert_array_equal(a, b)
-    c = model.sample(x_T=x_T, steps=5, eta=1.0, seed=10)
-    d = model.sample(x_T=x_T, steps=5, eta=1.0, seed=99)  # at eta = 1 the step noise matters
+    eager = model.generate(x_T=x_T, steps=5, seed=10, batch_size=2, compile=False)
+    np.testing.assert_allclose(a, eager, atol=1e-4)  # XLA reorders float sums
+    c = model.generate(x_T=x_T, steps=5, eta=1.0, seed=10)
+    d = model.generate(x_T=x_T, steps=5, eta=1.0, seed=99)  # at eta = 1 the step noise matters
     assert np.abs(c - d).max() > 1e-3
     with pytest.raises(ValueError, match="eta"):
-        model.sample(x_T=x_T, steps=5, eta=-1.0)
+        model.generate(x_T=x_T, steps=5, eta=-1.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"steps": 4, "eta": 1.0}, {"sampler": "ddpm"}])
+def test_generate_returns_seeded_arrays_in_the_data_range(trained, kwargs):
+    model = trained[0]
+    a = model.generate(3, seed=4, batch_size=2, **kwargs)  # two batches: each gets its own step seed
+    b = model.generate(3, seed=4, batch_size=2, **kwargs)
+    assert isinstance(a, np.ndarray) and a.shape == (3, 16, 16, 1) and a.dtype == np.float32
+    assert a.min() >= -1.0 and a.max() <= 1.0
+    np.testing.assert_array_equal(a, b)
+    # Same starting noise, another seed: only the step noise differs, and it must matter.
+    c = model.generate(x_T=model.noise(3, seed=4), seed=5, batch_size=2, **kwargs)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_compiled_sampler_sees_new_weights(trained):
+    """The compiled noise predictor reads the weights at each call, not those of its first trace."""
+    model = trained[0]
+    x_T = model.noise(2, seed=8)
+    before = model.generate(x_T=x_T, steps=10, compile=True, use_ema=False)
+    saved = [keras.ops.convert_to_numpy(w) for w in model.network.weights]
+    try:
+        for w in model.network.weights:
+            w.assign(np.zeros(w.shape, w.dtype))  # the output convolution is zero: eps = 0
+        after = model.generate(x_T=x_T, steps=10, compile=True, use_ema=False)
+    finally:
+        for w, value in zip(model.network.weights, saved):
+            w.assign(value)
+    assert np.abs(after - before).max() > 1e-3
 
 
 def test_conditional_shapes_and_guidance_zero_is_unconditional(trained):
     model = trained[0]
     x_T = model.noise(6, seed=1)
     labels = np.arange(6) % 3
-    uncond = model.sample(x_T=x_T, steps=4)
-    zero = model.sample(x_T=x_T, steps=4, labels=labels, guidance=0.0)
+    uncond = model.generate(x_T=x_T, steps=4)
+    zero = model.generate(x_T=x_T, steps=4, labels=labels, guidance=0.0)
     np.testing.assert_allclose(zero, uncond, atol=1e-6)
-    cond = model.sample(x_T=x_T, steps=4, labels=labels, guidance=1.0)
-    guided = model.sample(x_T=x_T, steps=4, labels=labels, guidance=3.0)
+    cond = model.generate(x_T=x_T, steps=4, labels=labels, guidance=1.0)
+    guided = model.generate(x_T=x_T, steps=4, labels=labels, guidance=3.0)
     assert cond.shape == guided.shape == (6, 16, 16, 1)
     assert np.abs(cond - uncond).max() > 0 and np.abs(guided - cond).max() > 0
     # Guidance is linear in w: the w = 3 noise is eps_u + 3 (eps_c - eps_u).
@@ -193,9 +239,27 @@ def test_conditional_shapes_and_guidance_zero_is_unconditional(trained):
     eps = {w: keras.ops.convert_to_numpy(model.predict_noise(x_T, t, labels, w)) for w in (0.0, 1.0, 3.0)}
     np.testing.assert_allclose(eps[3.0], eps[0.0] + 3 * (eps[1.0] - eps[0.0]), atol=1e-5)
     with pytest.raises(ValueError, match="labels"):
-        model.sample(x_T=x_T, steps=4, labels=labels[:3])
+        model.generate(x_T=x_T, steps=4, labels=labels[:3])
     with pytest.raises(ValueError, match="num_classes"):
-        small_model().sample(x_T=x_T, steps=4, labels=labels)
+        small_model().generate(x_T=x_T, steps=4, labels=labels)
+
+
+def test_trajectory_shapes_and_end(trained):
+    model = trained[0]
+    final, xs, x0s = model.trajectory(3, steps=5, seed=7)
+    assert final.shape == (3, 16, 16, 1) and xs.shape == (6, 3, 16, 16, 1) and x0s.shape == (5, 3, 16, 16, 1)
+    np.testing.assert_allclose(final, np.clip(xs[-1], -1, 1), atol=1e-6)
+    np.testing.assert_allclose(final, model.generate(3, steps=5, seed=7), atol=1e-5)
+
+
+def test_evaluate_uses_the_labels(trained):
+    """evaluate(x, y) scores the conditional prediction (Keras' default step predicts from x alone)."""
+    model = trained[0]
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 64)
+    x = (np.ones((64, 16, 16, 1)) * (y[:, None, None, None] - 1.0) * 0.8).astype("float32")
+    loss = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)["loss"]
+    assert np.isfinite(loss) and loss < 1.0
 
 
 def test_round_trip_keeps_ema_and_samples(trained, tmp_path):
@@ -207,8 +271,8 @@ def test_round_trip_keeps_ema_and_samples(trained, tmp_path):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
     x_T = model.noise(3, seed=0)
     for kwargs in [{"labels": [0, 1, 2], "guidance": 2.0}, {"use_ema": False}]:
-        np.testing.assert_allclose(model.sample(x_T=x_T, steps=3, **kwargs),
-                                   loaded.sample(x_T=x_T, steps=3, **kwargs), atol=1e-6)
+        np.testing.assert_allclose(model.generate(x_T=x_T, steps=3, **kwargs),
+                                   loaded.generate(x_T=x_T, steps=3, **kwargs), atol=1e-6)
     assert loaded.get_config()["num_classes"] == 3 and loaded.schedule.timesteps == 20
     assert loaded.ema_network.trainable_weights == []
 
@@ -218,9 +282,14 @@ def test_model_bad_arguments():
     with pytest.raises(ValueError, match="image"):
         model(np.zeros((2, 8, 8, 1), "float32"))
     with pytest.raises(ValueError, match="sampler"):
-        model.sample(2, sampler="euler")
+        model.generate(2, sampler="euler")
     with pytest.raises(ValueError, match="x_T"):
-        model.sample(x_T=np.zeros((2, 8, 8, 1)))
+        model.generate(x_T=np.zeros((2, 8, 8, 1)))
+    with pytest.raises(ValueError, match="disagree"):
+        model.generate(3, x_T=np.zeros((2, 16, 16, 1)))
+    for bad in (0, True):
+        with pytest.raises(ValueError, match="n must"):
+            model.generate(bad)
     with pytest.raises(ValueError, match="ema_decay"):
         dm.DiffusionModel(ema_decay=1.0)
 

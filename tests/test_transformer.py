@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import genlib  # noqa: F401
+from genlib import distributions
 from genlib import transformer as tr
 
 VOCAB, LENGTH = 11, 12
@@ -46,6 +47,14 @@ def test_causality_changing_token_j_changes_no_earlier_output(model, j):
     assert np.abs(a[0, j] - b[0, j]).max() > 1e-4  # the test can fail: position j does see token j
 
 
+def test_causal_attention_mask():
+    mask = keras.ops.convert_to_numpy(tr.causal_attention_mask(3, 5, start=2))
+    # Query i sits at position 2 + i and sees keys 0..2 + i.
+    np.testing.assert_array_equal(mask, np.arange(5)[None, :] <= np.arange(3)[:, None] + 2)
+    square = keras.ops.convert_to_numpy(tr.causal_attention_mask(4, 4))
+    np.testing.assert_array_equal(square, np.tril(np.ones((4, 4), bool)))
+
+
 def test_attention_rows_sum_to_one_and_vanish_above_diagonal(model):
     maps = model.attention_maps(ids(length=9))
     assert maps.shape == (2, 2, 4, 9, 9)
@@ -73,14 +82,14 @@ def test_cached_and_uncached_samplers_give_identical_tokens(model, temperature, 
     prompt = ids(batch=2, length=3)
     # 25 new tokens with a context of 12: the window fills and slides twice on the way.
     kwargs = dict(temperature=temperature, top_k=top_k, seed=7)
-    a = tr.Sampler(model, use_cache=False, jit_compile=False)(prompt, 25, **kwargs)
-    b = tr.Sampler(model, use_cache=True, jit_compile=False)(prompt, 25, **kwargs)
+    a = tr.Sampler(model, use_cache=False)(prompt, 25, **kwargs)
+    b = tr.Sampler(model, use_cache=True)(prompt, 25, **kwargs)
     assert a.shape == (2, 28)
     np.testing.assert_array_equal(a[:, :3], prompt)
     np.testing.assert_array_equal(a, b)
 
 
-def test_compiled_samplers_agree_and_seed_matters(model):
+def test_samplers_agree_and_seed_matters(model):
     prompt = ids(batch=1, length=2)
     a = tr.Sampler(model, use_cache=False)(prompt, 15, seed=3)
     b = tr.Sampler(model, use_cache=True)(prompt, 15, seed=3)
@@ -89,11 +98,49 @@ def test_compiled_samplers_agree_and_seed_matters(model):
     assert not np.array_equal(b, c)
 
 
+def test_compiled_sampler_sees_new_weights():
+    """The compiled steps read the weights at every call (JAX once baked in those of the first trace)."""
+    keras.utils.set_random_seed(2)
+    m = tr.GPT(VOCAB, LENGTH, width=16, depth=1, num_heads=2)
+    m.build((None, LENGTH))
+    sampler = tr.Sampler(m, use_cache=True)
+    prompt = ids(batch=2, length=2)
+    greedy = dict(temperature=0.0, seed=0)
+    sampler(prompt, 4, **greedy)
+    bias = m.head.bias
+    for favourite in (3, 7):  # make one token overwhelmingly likely: greedy decoding must pick it
+        bias.assign(np.where(np.arange(VOCAB) == favourite, 100.0, 0.0).astype("float32"))
+        np.testing.assert_array_equal(sampler(prompt, 4, **greedy)[:, 2:], favourite)
+
+
+def test_generate_returns_seeded_token_arrays(model):
+    a = model.generate(3, seed=5, batch_size=2, prompt=[1, 2], length=6, temperature=1.0)
+    b = model.generate(3, seed=5, batch_size=2, prompt=[1, 2], length=6, temperature=1.0)
+    c = model.generate(3, seed=6, batch_size=2, prompt=[1, 2], length=6, temperature=1.0)
+    assert isinstance(a, np.ndarray) and a.dtype == np.int32 and a.shape == (3, 8)
+    assert a.min() >= 0 and a.max() < VOCAB
+    np.testing.assert_array_equal(a[:, :2], [[1, 2]] * 3)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # The cache changes the cost, not the tokens.
+    np.testing.assert_array_equal(a, model.generate(3, seed=5, batch_size=2, prompt=[1, 2], length=6,
+                                                    use_cache=False))
+    default = model.generate(2, seed=0)
+    assert default.shape == (2, 1 + LENGTH) and np.all(default[:, 0] == 0)
+    with pytest.raises(ValueError, match="prompt"):
+        model.generate(3, prompt=np.zeros((2, 3), "int32"))
+    with pytest.raises(ValueError, match="n must"):
+        model.generate(True)
+
+
 def test_choose_tokens_greedy_top_k_and_frequencies():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4, 7)).astype("float32")
     noise = -np.log(-np.log(rng.uniform(1e-7, 1, size=(4, 7)))).astype("float32")
     greedy = keras.ops.convert_to_numpy(tr.choose_tokens(logits, noise, np.float32(0.0), np.int32(0)))
+    # Without top-k at T = 1 it is the shared Gumbel-max draw.
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(tr.choose_tokens(logits, noise, 1.0, 0)),
+                                  keras.ops.convert_to_numpy(distributions.gumbel_max(logits, noise=noise)))
     top1 = keras.ops.convert_to_numpy(tr.choose_tokens(logits, noise, np.float32(5.0), np.int32(1)))
     np.testing.assert_array_equal(greedy, logits.argmax(-1))
     np.testing.assert_array_equal(top1, logits.argmax(-1))
@@ -159,11 +206,17 @@ def test_bad_arguments(model):
     with pytest.raises(ValueError, match="longer than max_length=12"):
         model(ids(length=LENGTH + 1))
     with pytest.raises(ValueError, match="longer than max_length=12"):
-        tr.Sampler(model, jit_compile=False)(ids(length=LENGTH + 1), 2)
+        tr.Sampler(model)(ids(length=LENGTH + 1), 2)
     with pytest.raises(ValueError, match="temperature"):
-        tr.Sampler(model, jit_compile=False)(ids(length=3), 2, temperature=-1.0)
-    with pytest.raises(ValueError, match="top_k"):
-        tr.Sampler(model, jit_compile=False)(ids(length=3), 2, top_k=0)
+        tr.Sampler(model)(ids(length=3), 2, temperature=-1.0)
+    for top_k in (0, True, 2.5):  # True used to pass as k = 1
+        with pytest.raises(ValueError, match="top_k"):
+            tr.Sampler(model)(ids(length=3), 2, top_k=top_k)
+    for name in ("depth", "num_heads", "mlp_ratio", "vocab_size"):
+        with pytest.raises(ValueError, match=name):  # True used to pass as 1
+            tr.GPT(**{"vocab_size": VOCAB, "max_length": LENGTH, "width": 16, name: True})
+    with pytest.raises(ValueError, match="max_length"):
+        tr.TokenAndPositionEmbedding(5, True, 8)
     with pytest.raises(ValueError, match="batch, length"):
         model(np.zeros((2, 3, 4), "int32"))
     with pytest.raises(ValueError, match="dropout"):
