@@ -185,3 +185,62 @@ def attention_map(weights, tokens=None, titles=None, ncols: int = 2, cell_size: 
         ax.set_ylabel("query position")
     fig.tight_layout()
     return fig
+
+
+def piano_roll(pieces, titles=None, steps_per_beat: int = 4, bar_steps: int | None = None, downbeat: int = 0,
+               max_steps: int | None = None, voice_names=("soprano", "alto", "tenor", "bass"),
+               ncols: int = 1, width: float = 10.0, height: float = 2.4):
+    """Draw note lists as piano rolls, one panel per piece: a horizontal bar per note, a colour per voice.
+
+    Args:
+        pieces: a note list or a list of them. A note list is an int array (N, 4) with columns
+            voice, start, duration (in steps) and MIDI pitch, as ``genlib.music`` makes them.
+        titles: optional panel titles.
+        steps_per_beat: steps per quarter note (the x axis counts beats).
+        bar_steps: draw a bar line every ``bar_steps`` steps, the first at ``downbeat``.
+        max_steps: show only the first ``max_steps`` steps.
+        voice_names: legend labels, by voice index.
+        ncols: panels per row; width, height: inches per panel.
+    """
+    import matplotlib.pyplot as plt
+
+    first = np.asarray(pieces[0] if len(pieces) else pieces)
+    pieces = [np.asarray(pieces)] if first.ndim == 1 else [np.asarray(p) for p in pieces]
+    for p in pieces:
+        if p.ndim != 2 or p.shape[1] != 4:
+            raise ValueError(f"a note list must be (N, 4): voice, start, duration, pitch; got shape {p.shape}.")
+    if titles is not None and len(titles) != len(pieces):
+        raise ValueError(f"{len(pieces)} pieces but {len(titles)} titles.")
+    ncols = min(ncols, len(pieces))
+    nrows = int(np.ceil(len(pieces) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    legend = {}
+    for i, ax in enumerate(axes.flat):
+        if i >= len(pieces):
+            ax.axis("off")
+            continue
+        notes = pieces[i]
+        end = int((notes[:, 1] + notes[:, 2]).max()) if len(notes) else 1
+        end = min(end, max_steps) if max_steps else end
+        for v in np.unique(notes[:, 0]):
+            mine = notes[(notes[:, 0] == v) & (notes[:, 1] < end)]
+            lengths = np.minimum(mine[:, 2], end - mine[:, 1])
+            bars = ax.barh(mine[:, 3], lengths / steps_per_beat, left=mine[:, 1] / steps_per_beat, height=0.8,
+                           color=colors[int(v) % len(colors)], edgecolor="black", linewidth=0.3)
+            legend.setdefault(int(v), bars)
+        if bar_steps:
+            for x in range(downbeat, end + 1, bar_steps):
+                ax.axvline(x / steps_per_beat, color="grey", linewidth=0.5, zorder=0)
+        if len(notes):
+            low, high = int(notes[:, 3].min()), int(notes[:, 3].max())
+            cs = [p for p in range(low - low % 12, high + 1, 12) if low - 1 <= p <= high + 1]
+            ax.set_yticks(cs, [f"C{p // 12 - 1}" for p in cs])
+            ax.set_ylim(low - 1.5, high + 1.5)
+        ax.set_xlim(0, end / steps_per_beat)
+        ax.set_xlabel("beats")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=10)
+    names = [voice_names[v] if v < len(voice_names) else f"voice {v}" for v in sorted(legend)]
+    fig.legend([legend[v] for v in sorted(legend)], names, loc="outside right upper", fontsize=8)
+    return fig
