@@ -76,6 +76,38 @@ def shape(name, value, rank=None):
 # Compiling a step, and gradients, on every backend.
 
 
+def gpu_available() -> bool:
+    """True when the active Keras backend sees at least one GPU (a broken driver counts as none)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            from genlib import quiet_stderr
+
+            with quiet_stderr():  # the CUDA probe logs an error line on GPU-less machines
+                return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+
+            return any(d.platform == "gpu" for d in jax.devices())
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available())
+    except Exception:  # a broken GPU driver means: no usable GPU
+        return False
+    return False
+
+
+def deserialize(config, *keys):
+    """A copy of a ``get_config`` dict with the sub-models under ``keys`` deserialized (for ``from_config``)."""
+    config = dict(config)
+    for key in keys:
+        config[key] = keras.saving.deserialize_keras_object(config[key])
+    return config
+
+
 def _stateless_scope():
     from keras.src.backend.common.stateless_scope import get_stateless_scope
 

@@ -480,6 +480,4 @@ class EBM(_util.TrainStepModel):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["energy_net"] = keras.saving.deserialize_keras_object(config["energy_net"])
-        return cls(**config)
+        return cls(**_util.deserialize(config, "energy_net"))

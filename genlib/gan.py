@@ -403,10 +403,7 @@ class GAN(_util.TrainStepModel):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("generator", "discriminator"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        return cls(**_util.deserialize(config, "generator", "discriminator"))
 
 
 @keras.saving.register_keras_serializable(package="genlib")

@@ -17,28 +17,9 @@ ENV_VAR = "GENLIB_PROFILE"
 
 def gpu_available() -> bool:
     """True when the active Keras backend sees at least one GPU."""
-    import keras
+    from genlib import _util  # imported late: profiles is read before Keras picks its backend
 
-    backend = keras.backend.backend()
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            from genlib import quiet_stderr
-
-            with quiet_stderr():  # the CUDA probe logs an error line on GPU-less machines
-                return bool(tf.config.list_physical_devices("GPU"))
-        if backend == "jax":
-            import jax
-
-            return any(d.platform == "gpu" for d in jax.devices())
-        if backend == "torch":
-            import torch
-
-            return bool(torch.cuda.is_available())
-    except Exception:  # a broken GPU driver means: no usable GPU
-        return False
-    return False
+    return _util.gpu_available()
 
 
 def active() -> str:

@@ -22,14 +22,13 @@ as blocks ``build_discriminator`` can use.
 
 ``StyleGAN`` trains it all with ``fit`` (a ``_util.TrainStepModel`` with two optimizers) and
 samples with ``generate(n, seed=..., truncation_psi=...)``. ``path_length`` measures how
-smoothly images change along a path in Z or W; ``WallClockBudget`` stops ``fit`` after a
-fixed time, so two models can be compared at the same budget.
+smoothly images change along a path in Z or W. (``training.WallClockBudget`` stops ``fit`` after a
+fixed time, so the chapter compares two models at the same budget.)
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import keras
 import numpy as np
@@ -935,10 +934,7 @@ class StyleGAN(_util.TrainStepModel):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("mapping", "synthesis", "discriminator"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        return cls(**_util.deserialize(config, "mapping", "synthesis", "discriminator"))
 
 
 # ---------------------------------------------------------------------------
@@ -988,28 +984,3 @@ def slerp(a, b, t):
     omega = np.arccos(np.clip(np.sum(a_n * b_n, axis=-1, keepdims=True), -1.0, 1.0))
     so = np.maximum(np.sin(omega), 1e-8)
     return (np.sin((1.0 - t) * omega) / so * a + np.sin(t * omega) / so * b).astype("float32")
-
-
-class WallClockBudget(keras.callbacks.Callback):
-    """Stops ``fit`` once ``seconds`` of wall-clock time have passed since training began.
-
-    Two models trained with the same budget are compared at equal cost, whatever each step
-    costs. ``steps`` counts the batches done; ``seconds_used`` the time actually spent.
-    """
-
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = _util.number("seconds", seconds, 0.0, low_open=True)
-        self.steps, self.seconds_used = 0, 0.0
-
-    def on_train_begin(self, logs=None):
-        self.start, self.steps = time.perf_counter(), 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        self.seconds_used = time.perf_counter() - self.start
-        if self.seconds_used >= self.seconds:
-            self.model.stop_training = True
-
-    def on_train_end(self, logs=None):
-        self.seconds_used = time.perf_counter() - self.start

@@ -11,6 +11,7 @@ import keras
 
 from genlib import profiles
 from genlib._util import fit_verbose as verbose  # noqa: F401  (what chapters pass to fit)
+from genlib._util import number
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -68,6 +69,31 @@ class SampleGrid(keras.callbacks.Callback):
                                row_labels=[f"epoch {e}" for e, _ in self.grids])
 
 
+class WallClockBudget(keras.callbacks.Callback):
+    """Stops ``fit`` once ``seconds`` of wall-clock time have passed since training began.
+
+    Two models trained with the same budget are compared at equal cost, whatever each step
+    costs. ``steps`` counts the batches done; ``seconds_used`` the time actually spent.
+    """
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = number("seconds", seconds, 0.0, low_open=True)
+        self.steps, self.seconds_used = 0, 0.0
+
+    def on_train_begin(self, logs=None):
+        self.start, self.steps = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        self.seconds_used = time.perf_counter() - self.start
+        if self.seconds_used >= self.seconds:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self.seconds_used = time.perf_counter() - self.start
+
+
 def checkpoint_dir() -> Path:
     path = profiles.cache_dir() / "checkpoints"
     path.mkdir(parents=True, exist_ok=True)
@@ -75,16 +101,24 @@ def checkpoint_dir() -> Path:
 
 
 class _HistoryLog(keras.callbacks.Callback):
-    # Writes each finished epoch's logs to disk, so a run resumed by BackupAndRestore still
-    # returns the curves of the epochs it did not run again.
-    def __init__(self, path: Path):
+    # Writes each finished epoch's logs (and its wall time, in a second file) to disk, so a run
+    # resumed by BackupAndRestore still returns the curves, and the training time, of the epochs
+    # it did not run again.
+    def __init__(self, path: Path, seconds_path: Path):
         super().__init__()
-        self.path = path
+        self.path, self.seconds_path = path, seconds_path
         self.epochs = json.loads(path.read_text()) if path.exists() else {}
+        self.seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs[str(epoch)] = {k: float(v) for k, v in (logs or {}).items()}
+        self.seconds[str(epoch)] = time.perf_counter() - self._start
         self.path.write_text(json.dumps(self.epochs))
+        self.seconds_path.write_text(json.dumps(self.seconds))
 
     def history(self) -> dict:
         rows = [self.epochs[k] for k in sorted(self.epochs, key=int)]
@@ -96,14 +130,40 @@ def fit_or_load(model: keras.Model, name: str, *fit_args, **fit_kwargs) -> dict:
     """Train ``model`` with ``fit`` unless a finished checkpoint for ``name`` exists.
 
     The checkpoint lives in ``$GENLIB_CACHE/checkpoints/{name}-{profile}.weights.h5``,
-    with the training history beside it, so a reloaded model still has its curves.
-    While training, a ``BackupAndRestore`` folder keeps the last finished epoch and a log
+    with the training history and training time beside it, so a reloaded model still has its
+    curves. While training, a ``BackupAndRestore`` folder keeps the last finished epoch and a log
     keeps every finished epoch's metrics: an interrupted run resumes there instead of
     starting over, and its history still starts at epoch 1.
 
     The model must be built (call it on a batch, or give it an ``Input``) and compiled.
     Returns the history dict (loaded from disk when the model was loaded).
     """
+    return _fit_or_load(model, name, fit_args, fit_kwargs)[0]
+
+
+def fit_or_load_timed(model: keras.Model, name: str, *fit_args, label: str | None = None,
+                      **fit_kwargs) -> tuple[dict, float | None]:
+    """``fit_or_load`` that also returns the training time in seconds, and says it in one line.
+
+    Weights loaded from the cache report the time the run that trained them recorded (the sum of
+    its epochs' wall times), not the second it took to load them; ``None`` for a checkpoint saved
+    before training times were recorded. ``label`` names the model in the printed line.
+    """
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"label must be a string, got {type(label).__name__}.")
+    history, seconds, loaded = _fit_or_load(model, name, fit_args, fit_kwargs)
+    label = label or name
+    if not loaded:
+        print(f"{label}: trained in {seconds:.0f} s")
+    elif seconds is None:
+        print(f"{label}: loaded from the cache (training time not recorded)")
+    else:
+        print(f"{label}: loaded from the cache (trained in {seconds:.0f} s by an earlier run)")
+    return history, seconds
+
+
+def _fit_or_load(model, name, fit_args, fit_kwargs):
+    # -> (history, training seconds or None, loaded from the cache?)
     if not model.built:
         raise ValueError("build the model before fit_or_load (call it once on a batch).")
     if not isinstance(name, str) or not name or "/" in name or "\\" in name:
@@ -112,21 +172,29 @@ def fit_or_load(model: keras.Model, name: str, *fit_args, **fit_kwargs) -> dict:
     stem = f"{name}-{profiles.active()}"
     folder = checkpoint_dir()
     weights, history_path = folder / f"{stem}.weights.h5", folder / f"{stem}.history.json"
+    seconds_path = folder / f"{stem}.seconds.json"
     backup, partial = folder / f"{stem}.backup", folder / f"{stem}.history.partial.json"
+    partial_seconds = folder / f"{stem}.seconds.partial.json"
     if weights.exists() and history_path.exists():
         with warnings.catch_warnings():
             # A checkpoint holds the optimizer's slots; a model loaded to sample never builds them.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(weights)
-        return json.loads(history_path.read_text())
-    if partial.exists() and not backup.exists():
-        partial.unlink()  # a log without a backup to resume from belongs to a run that starts over
-    log = _HistoryLog(partial)
+        seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else None
+        return json.loads(history_path.read_text()), seconds, True
+    if not backup.exists():
+        # a log without a backup to resume from belongs to a run that starts over
+        partial.unlink(missing_ok=True)
+        partial_seconds.unlink(missing_ok=True)
+    log = _HistoryLog(partial, partial_seconds)
     callbacks = list(fit_kwargs.pop("callbacks", []))
     callbacks += [keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True), log]
     model.fit(*fit_args, callbacks=callbacks, **fit_kwargs)
     hist = log.history()
+    seconds = float(sum(log.seconds.values()))
     model.save_weights(weights)
     history_path.write_text(json.dumps(hist))
+    seconds_path.write_text(json.dumps(seconds))
     partial.unlink(missing_ok=True)
-    return hist
+    partial_seconds.unlink(missing_ok=True)
+    return hist, seconds, False

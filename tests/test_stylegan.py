@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from genlib import stylegan
+from genlib import stylegan, training
 
 
 def _np(x):
@@ -351,7 +351,7 @@ def test_stylegan_round_trips_through_keras_files(trained, tmp_path):
 def test_wall_clock_budget_stops_fit(trained):
     model = trained["model"]
     start = int(_np(model.g_optimizer.iterations))
-    budget = stylegan.WallClockBudget(1e-6)
+    budget = training.WallClockBudget(1e-6)
     model.fit(_images(64), batch_size=8, epochs=3, verbose=0, callbacks=[budget])
     assert budget.steps == 1 and int(_np(model.g_optimizer.iterations)) == start + 1
 

@@ -1,3 +1,5 @@
+import time
+
 import keras
 import matplotlib
 import numpy as np
@@ -116,3 +118,37 @@ def test_attention_map_draws_one_panel_per_head_and_checks_inputs():
     with pytest.raises(ValueError, match="tokens"):
         plot.attention_map(weights, tokens=list("ab"))
     matplotlib.pyplot.close("all")
+
+
+def test_fit_or_load_timed_reports_the_training_time_on_reload(tmp_path, monkeypatch, capsys):
+    # Before: a chapter that reloaded a checkpoint printed the second the load took as training time.
+    monkeypatch.setenv("GENLIB_CACHE", str(tmp_path))
+    x, y = np.zeros((32, 3), "float32"), np.zeros((32, 1), "float32")
+    hist, seconds = training.fit_or_load_timed(small_model(), "timed", x, y, epochs=2, verbose=0, label="toy")
+    assert seconds > 0 and len(hist["loss"]) == 2
+    assert "toy: trained in" in capsys.readouterr().out
+    again, reloaded = training.fit_or_load_timed(small_model(), "timed", x, y, epochs=2, verbose=0, label="toy")
+    assert again == hist and reloaded == seconds
+    assert "loaded from the cache (trained in" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="label"):
+        training.fit_or_load_timed(small_model(), "timed", x, y, epochs=2, verbose=0, label=3)
+
+
+def test_fit_or_load_timed_counts_the_epochs_of_an_interrupted_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENLIB_CACHE", str(tmp_path))
+    x, y = np.zeros((32, 3), "float32"), np.zeros((32, 1), "float32")
+    slow = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: time.sleep(0.2))
+    with pytest.raises(KeyboardInterrupt):
+        training.fit_or_load(small_model(), "cut", x, y, epochs=4, verbose=0, callbacks=[slow, _StopAfter(3)])
+    _, seconds = training.fit_or_load_timed(small_model(), "cut", x, y, epochs=4, verbose=0)
+    assert seconds >= 0.2 * 3  # the epochs before the interruption count too
+
+
+def test_wall_clock_budget_stops_fit_and_refuses_bad_budgets():
+    x, y = np.zeros((64, 3), "float32"), np.zeros((64, 1), "float32")
+    budget = training.WallClockBudget(1e-6)
+    small_model().fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[budget])
+    assert budget.steps == 1 and budget.seconds_used > 0
+    for bad in (0, -1.0, True, "5"):
+        with pytest.raises((TypeError, ValueError)):
+            training.WallClockBudget(bad)
