@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+import keras
 import numpy as np
 
 from genlib import _util
@@ -309,6 +310,46 @@ def dequantize(q: np.ndarray, levels: int, value_range: tuple[float, float] = (0
     low, high = value_range
     return ((q.astype("float32") + 0.5) / levels * (high - low) + low).astype("float32")
 
+
+class Dequantized(keras.utils.PyDataset):
+    """Batches of dequantised images with fresh noise every time: ``(q + u) / levels``, ``u ~ U[0, 1)``.
+
+    A density model of integer images is trained on continuous ones; drawing the noise ``u`` once
+    and reusing it every epoch lets a flexible model learn that particular draw (density spikes on
+    it). Passed to ``fit`` as ``x``, this draws new noise for every batch, reproducibly under
+    ``seed``, and reshuffles every epoch.
+    """
+
+    def __init__(self, q, batch_size, levels=256, seed=0, shuffle=True):
+        super().__init__()
+        q = np.asarray(q)
+        if not np.issubdtype(q.dtype, np.integer):
+            raise TypeError(f"q must hold integer levels (use quantize first), got dtype {q.dtype}.")
+        self.levels = _util.positive_int("levels", levels, minimum=2)
+        if q.size and (q.min() < 0 or q.max() >= self.levels):
+            raise ValueError(f"q must lie in [0, {self.levels - 1}], got values in [{q.min()}, {q.max()}].")
+        self.batch_size = _util.positive_int("batch_size", batch_size)
+        self.seed = _util.positive_int("seed", seed, minimum=0)
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be a bool, got {shuffle!r}.")
+        self.q, self.shuffle, self.epoch = q, shuffle, 0
+        self._reorder()
+
+    def _reorder(self):
+        rng = np.random.default_rng([self.seed, self.epoch, 0])
+        self.order = rng.permutation(len(self.q)) if self.shuffle else np.arange(len(self.q))
+
+    def __len__(self):
+        return -(-len(self.q) // self.batch_size)
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size: (index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, index + 1])  # one stream per (epoch, batch)
+        return ((self.q[rows] + rng.uniform(size=(len(rows), *self.q.shape[1:]))) / self.levels).astype("float32")
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._reorder()
 
 # ---------------------------------------------------------------------------
 # Tiny Shakespeare

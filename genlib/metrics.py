@@ -105,6 +105,32 @@ def build_classifier() -> keras.Model:  # noqa: F821
     return keras.Model(inputs, logits, name="domain_classifier")
 
 
+def hidden_features_model(model=None):
+    """The domain classifier's convolutional feature maps as one Keras model, frozen.
+
+    Args:
+        model: a classifier made by ``build_classifier`` (trained or not); None: the trained,
+            cached ``domain_classifier().model``.
+
+    Returns a ``keras.Model`` (trainable=False) mapping images (N, 28, 28, 1) in [0, 1] to the
+    list of each convolution's ReLU output, (N, 14, 14, 32) and (N, 7, 7, 64). These are the
+    early features a perceptual loss compares (``genlib.vqgan.perceptual_loss``); the 128
+    features that FID uses are deliberately not among them.
+    """
+    import keras
+
+    model = domain_classifier().model if model is None else model
+    if not isinstance(model, keras.Model) or not any(isinstance(layer, keras.layers.Conv2D) for layer in model.layers):
+        raise ValueError(f"model must be a Keras classifier with Conv2D layers (build_classifier()), got {model!r}.")
+    # A copy: freezing the perceptual network must not freeze the classifier the metrics use.
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    convs = [layer.output for layer in copy.layers if isinstance(layer, keras.layers.Conv2D)]
+    features = keras.Model(copy.input, convs, name="classifier_feature_maps")
+    features.trainable = False
+    return features
+
+
 class DomainClassifier:
     """The trained classifier with the two views the metrics need.
 
@@ -134,7 +160,9 @@ class DomainClassifier:
     def reference_features(self, size: int = 28) -> np.ndarray:
         """Features of all 10,000 real test images, shrunk or padded to ``size`` first."""
         if size not in self._reference:
-            real = data.fashion_mnist(size=size).x_test
+            # the test images alone: fashion_mnist() would also resize all 60,000 training images
+            (_, _), (x_test, _) = data.load_fashion_mnist()
+            real = data.resize(data.scale(x_test[..., None]), size)
             self._reference[size] = self.features(real)
         return self._reference[size]
 

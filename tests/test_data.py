@@ -152,3 +152,32 @@ def test_tiny_shakespeare():
         vocab.encode("naïve")
     with pytest.raises(ValueError, match="val_fraction"):
         data.tiny_shakespeare(val_fraction=1.5)
+
+
+def test_dequantized_draws_fresh_noise_every_epoch_inside_each_bin():
+    q = np.random.default_rng(0).integers(0, 256, size=(10, 4, 4, 1))
+    batches = data.Dequantized(q, batch_size=4, seed=1)
+    assert len(batches) == 3 and batches[2].shape == (2, 4, 4, 1) and batches[0].dtype == np.float32
+    first = np.concatenate([batches[i] for i in range(len(batches))])
+    order = batches.order.copy()
+    np.testing.assert_array_equal(np.floor(first * 256).astype(int), q[order])  # each value stays in its bin
+    np.testing.assert_array_equal(data.Dequantized(q, 4, seed=1)[0], batches[0])  # reproducible under a seed
+    batches.on_epoch_end()
+    second = np.concatenate([batches[i] for i in range(len(batches))])
+    assert not np.array_equal(batches.order, order)  # reshuffled
+    fresh = second[np.argsort(batches.order)] - first[np.argsort(order)]
+    assert np.abs(fresh).min() > 0  # new noise for every pixel, not the epoch-1 draw again
+    for bad in [dict(q=q / 255.0), dict(q=q, batch_size=True), dict(q=q + 300), dict(q=q, shuffle=1)]:
+        kwargs = {"batch_size": 4, **bad}
+        with pytest.raises((TypeError, ValueError)):
+            data.Dequantized(**kwargs)
+
+
+def test_dequantized_feeds_a_vae_fit():
+    from genlib import vae
+
+    q = np.random.default_rng(0).integers(0, 256, size=(16, 8, 8, 1))
+    model = vae.VAE(vae.build_encoder((8, 8, 1), 2, (4,), 8), vae.build_decoder(2, (8, 8, 1), (4,), 8), seed=0)
+    model.compile(optimizer="adam")
+    history = model.fit(data.Dequantized(q, batch_size=8), epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
