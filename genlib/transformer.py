@@ -11,6 +11,9 @@ blocks in its text encoder. The pieces, in the order the chapter builds them:
 * ``GPT``: the stack, trained with ``fit`` on next-token cross-entropy; reports bits per
   character; ``attention_maps`` returns the attention weights for plotting; ``generate``
   samples token sequences (through a ``Sampler``).
+  Optional hooks let another model steer a GPT (chapter 13, chapters/13_sentence_vae.ipynb):
+  ``memory`` adds extra key/value slots that every position of every block may attend to, and
+  ``offset`` adds a vector to every token's embedding. Without them the GPT is unchanged.
 * ``choose_tokens``: one token per row by the Gumbel-max trick, with temperature and top-k.
 * ``Sampler``: the generation loop, with or without the cache; both draw the same random
   numbers up front, so for one seed they produce the same tokens.
@@ -144,11 +147,29 @@ class CausalSelfAttention(keras.layers.Layer):
         mixed = ops.reshape(mixed, (ops.shape(mixed)[0], ops.shape(mixed)[1], self.width))
         return ops.matmul(mixed, self.w_out) + self.b_out, weights
 
-    def call(self, x, training=None, return_attention=False):
+    def call(self, x, training=None, return_attention=False, memory=None):
         q, k, v = self.queries_keys_values(x)
         length = ops.shape(x)[1]
-        out, weights = self.attend(q, k, v, causal_attention_mask(length, length), training=training)
+        mask = causal_attention_mask(length, length)
+        if memory is not None:
+            k, v, mask = self.prepend_memory(memory, k, v, mask)
+        out, weights = self.attend(q, k, v, mask, training=training)
         return (out, weights) if return_attention else out
+
+    def prepend_memory(self, memory, k, v, mask):
+        """Put M memory slots in front of the keys and values; every query may look at all of them.
+
+        memory (B, M, D) are hidden vectors, turned into keys and values by this layer's own
+        projections, as if M extra tokens sat before the sequence (the way Optimus injects its
+        latent code). k, v (B, H, T, D/H); mask (Tq, T). Returns keys and values (B, H, M + T, D/H)
+        and the mask (Tq, M + T); attention weights then have M + T columns, memory first.
+        """
+        if len(memory.shape) != 3 or memory.shape[-1] != self.width:
+            raise ValueError(f"memory must be (batch, slots, width={self.width}), got shape {tuple(memory.shape)}.")
+        _, k_memory, v_memory = self.queries_keys_values(memory)
+        visible = ops.ones((ops.shape(mask)[0], ops.shape(memory)[1]), dtype="bool")
+        return (ops.concatenate([k_memory, k], axis=2), ops.concatenate([v_memory, v], axis=2),
+                ops.concatenate([visible, mask], axis=1))
 
     def call_with_cache(self, x, k_cache, v_cache, start):
         """Attend from new positions start.. start+T-1 to everything cached up to them.
@@ -188,12 +209,14 @@ class TransformerBlock(keras.layers.Layer):
     Shapes: (B, T, D) -> (B, T, D).
     """
 
+    attention_class = CausalSelfAttention  # a subclass may swap in another attention (same constructor)
+
     def __init__(self, num_heads, mlp_ratio=4, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.num_heads, self.mlp_ratio = positive_int("num_heads", num_heads), positive_int("mlp_ratio", mlp_ratio)
         self.dropout = _util.fraction("dropout", dropout)
         self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5)
-        self.attention = CausalSelfAttention(num_heads, dropout)
+        self.attention = self.attention_class(num_heads, dropout)
         self.norm2 = keras.layers.LayerNormalization(epsilon=1e-5)
         self.residual_dropout = keras.layers.Dropout(self.dropout)
 
@@ -210,8 +233,10 @@ class TransformerBlock(keras.layers.Layer):
     def mlp(self, x, training=None):
         return self.residual_dropout(self.mlp_out(self.mlp_in(x)), training=training)
 
-    def call(self, x, training=None, return_attention=False):
-        attended, weights = self.attention(self.norm1(x), training=training, return_attention=True)
+    def call(self, x, training=None, return_attention=False, memory=None):
+        # Memory slots are normalised like the residual stream they stand in for.
+        memory = None if memory is None else self.norm1(memory)
+        attended, weights = self.attention(self.norm1(x), training=training, return_attention=True, memory=memory)
         x = x + self.residual_dropout(attended, training=training)
         x = x + self.mlp(self.norm2(x), training=training)
         return (x, weights) if return_attention else x
@@ -243,6 +268,9 @@ class GPT(keras.Model):
         dropout: dropout rate while training.
 
     Shapes: ids (B, T) int with T <= L -> logits (B, T, V); logits[:, t] predict ids[:, t + 1].
+    ``call`` also takes two optional ways to condition the model (both off by default):
+    ``memory`` (B, depth, M, D), M extra key/value slots per block that every position sees, and
+    ``offset`` (B, D), a vector added to every token's embedding.
     Train with ``fit(x, y)`` where ``y`` is ``x`` shifted left by one; the loss is the mean
     cross-entropy in nats, ``bits_per_char`` the same in bits.
     """
@@ -282,12 +310,22 @@ class GPT(keras.Model):
         if ids.shape[1] is not None and ids.shape[1] > self.max_length:
             raise ValueError(f"context of {ids.shape[1]} tokens is longer than max_length={self.max_length}.")
 
-    def call(self, ids, training=None, return_attention=False):
+    def call(self, ids, training=None, return_attention=False, memory=None, offset=None):
         self._check_ids(ids)
-        x = self.embedding_dropout(self.embedding(ids), training=training)
+        x = self.embedding(ids)
+        if offset is not None:
+            if len(offset.shape) != 2 or offset.shape[-1] != self.width:
+                raise ValueError(f"offset must be (batch, width={self.width}), got shape {tuple(offset.shape)}.")
+            x = x + ops.expand_dims(offset, 1)
+        if memory is not None and (len(memory.shape) != 4 or tuple(memory.shape[1:2]) != (self.depth,)
+                                   or memory.shape[-1] != self.width):
+            raise ValueError(f"memory must be (batch, depth={self.depth}, slots, width={self.width}), "
+                             f"got shape {tuple(memory.shape)}.")
+        x = self.embedding_dropout(x, training=training)
         maps = []
-        for block in self.blocks:
-            x, weights = block(x, training=training, return_attention=True)
+        for i, block in enumerate(self.blocks):
+            x, weights = block(x, training=training, return_attention=True,
+                               memory=None if memory is None else memory[:, i])
             maps.append(weights)
         logits = self.head(self.final_norm(x))
         return (logits, maps) if return_attention else logits

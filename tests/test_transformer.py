@@ -223,3 +223,69 @@ def test_bad_arguments(model):
         tr.CausalSelfAttention(2, dropout=1.5)
     with pytest.raises(ValueError, match="GPT"):
         tr.Sampler(keras.Sequential([keras.layers.Dense(2)]))
+
+
+# -- the conditioning hooks (memory slots and an embedding offset; chapter 13) ------------------
+
+
+def memory(batch=2, slots=1, depth=2, width=16, seed=3):
+    return np.random.default_rng(seed).normal(size=(batch, depth, slots, width)).astype("float32")
+
+
+def test_without_memory_or_offset_the_gpt_is_unchanged(model):
+    x = ids()
+    plain = keras.ops.convert_to_numpy(model(x))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x, memory=None, offset=None)), plain)
+    zero = keras.ops.zeros((2, 16))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x, offset=zero)), plain)
+    # The same weights in a fresh GPT (as a chapter-8 checkpoint is loaded) give the same logits.
+    twin = tr.GPT.from_config(model.get_config())
+    twin.build((None, LENGTH))
+    twin.set_weights(model.get_weights())
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(twin(x)), plain)
+
+
+def test_memory_is_seen_by_every_position_and_keeps_causality(model):
+    x = ids(batch=2)
+    m = memory(slots=2)
+    _, maps = model(x, return_attention=True, memory=keras.ops.convert_to_tensor(m))
+    maps = np.stack([keras.ops.convert_to_numpy(w) for w in maps])  # (depth, B, H, T, 2 + T)
+    assert maps.shape == (2, 2, 4, LENGTH, 2 + LENGTH)
+    np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-5)
+    assert (maps[..., :2] > 0).all()  # every query sees both memory slots, the first token included
+    np.testing.assert_array_equal(maps[..., 2:][..., ~np.tril(np.ones((LENGTH, LENGTH), bool))], 0.0)
+    with_memory = keras.ops.convert_to_numpy(model(x, memory=m))
+    assert np.abs(with_memory - keras.ops.convert_to_numpy(model(x))).max() > 1e-4
+    # Still causal: changing token j changes no earlier output.
+    x2 = x.copy()
+    x2[:, 6] = (x2[:, 6] + 1) % VOCAB
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x2, memory=m))[:, :6], with_memory[:, :6], atol=1e-6)
+    # Each sentence reads its own memory.
+    swapped = keras.ops.convert_to_numpy(model(x, memory=m[::-1]))
+    assert np.abs(swapped[0] - with_memory[0]).max() > 1e-4
+
+
+def test_memory_and_offset_carry_gradients(model):
+    x = keras.ops.convert_to_tensor(ids())
+    m = keras.Variable(memory())
+    o = keras.Variable(np.zeros((2, 16), "float32"))
+
+    def loss():
+        return keras.ops.sum(keras.ops.square(model(x, memory=m.value, offset=o.value)))
+
+    from genlib._util import value_and_grad
+
+    _, _, grads = value_and_grad(loss, [m, o])
+    for g in grads:
+        assert np.abs(keras.ops.convert_to_numpy(g)).max() > 0
+
+
+def test_bad_memory_and_offset_shapes(model):
+    with pytest.raises(ValueError, match="memory must be"):
+        model(ids(), memory=np.zeros((2, 3, 1, 16), "float32"))  # depth is 2
+    with pytest.raises(ValueError, match="memory must be"):
+        model(ids(), memory=np.zeros((2, 2, 1, 8), "float32"))
+    with pytest.raises(ValueError, match="offset must be"):
+        model(ids(), offset=np.zeros((2, 8), "float32"))
+    with pytest.raises(ValueError, match="memory must be"):
+        model.blocks[0].attention(keras.ops.zeros((2, 4, 16)), memory=keras.ops.zeros((2, 16)))
