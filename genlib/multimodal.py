@@ -311,7 +311,9 @@ def text_to_image(diffusion_model, text_embeddings, guidance: float = 3.0, steps
     """Images for prompts: ``generate`` of a ``DiffusionModel(condition_dim=D)`` on (N, D) text embeddings.
 
     ``guidance`` w mixes the conditional and unconditional noise predictions,
-    ``eps_null + w (eps_text - eps_null)`` (classifier-free guidance). Other keywords (``batch_size``,
+    ``eps_null + w (eps_text - eps_null)`` (classifier-free guidance): w = 0 ignores the text, w = 1 is the
+    conditional model. Ho & Salimans write ``(1 + w') eps_text - w' eps_null``, so their w' is this w - 1.
+    Guidance sharpens towards ``p(x) p(c | x)^w`` but does not sample it exactly. Other keywords (``batch_size``,
     ``progress``, ...) go to ``generate``. Returns (N, H, W, C) in [-1, 1], NumPy.
     """
     if getattr(diffusion_model, "condition_dim", None) is None:
