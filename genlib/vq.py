@@ -219,6 +219,10 @@ class VQVAE(keras.Model):
         num_codes: K, codebook size.
         code_dim: D, channels of each latent vector.
         filters: channels of the strided convolutions, e.g. (32, 64): 28×28 -> 7×7.
+        grid_shape: (h, w) of the token grid; None: (H/2^L, W/2^L). A smaller grid adds one
+            unpadded ("valid") convolution of kernel (H/2^L - h + 1, W/2^L - w + 1) after the
+            strided ones, and its transpose at the start of the decoder: with two stride-2 layers,
+            28×28 -> 7×7 -> 4×4 is a downsampling of 7 per side instead of 4.
         beta: weight of the commitment loss.
         ema, decay, restart_threshold, seed: passed to ``VectorQuantizer``. (Restarts of a
             gradient-trained codebook, ``ema=False``, take effect on TensorFlow and PyTorch;
@@ -232,7 +236,7 @@ class VQVAE(keras.Model):
 
     def __init__(self, image_shape=(28, 28, 1), num_codes: int = 64, code_dim: int = 16, filters=(32, 64),
                  beta: float = 0.25, ema: bool = True, decay: float = 0.99, restart_threshold: float = 0.1,
-                 seed=None, **kwargs):
+                 seed=None, grid_shape=None, **kwargs):
         super().__init__(**kwargs)
         image_shape = _util.shape("image_shape", image_shape, 3)
         if image_shape[-1] != 1:
@@ -245,7 +249,14 @@ class VQVAE(keras.Model):
             raise ValueError(f"{len(filters)} stride-2 layers need H and W divisible by {stride}, "
                              f"got image_shape {image_shape}.")
         self.image_shape, self.filters, self.beta = image_shape, filters, _util.number("beta", beta, low=0.0)
-        self.grid_shape = (image_shape[0] // stride, image_shape[1] // stride)
+        strided = (image_shape[0] // stride, image_shape[1] // stride)
+        self.grid_shape = strided if grid_shape is None else _util.shape("grid_shape", grid_shape, 2)
+        if self.grid_shape[0] > strided[0] or self.grid_shape[1] > strided[1]:
+            raise ValueError(f"grid_shape must be at most {strided} (the strided layers' output), got {grid_shape}.")
+        # The unpadded convolution that shrinks the strided grid to grid_shape (none if equal).
+        valid = (strided[0] - self.grid_shape[0] + 1, strided[1] - self.grid_shape[1] + 1)
+        shrink = [] if valid == (1, 1) else [_valid_conv(filters[-1], valid)]
+        grow = [] if valid == (1, 1) else [_valid_conv(filters[-1], valid, transpose=True)]
         self.quantizer = VectorQuantizer(num_codes, code_dim, ema=ema, decay=decay,
                                          restart_threshold=restart_threshold, seed=seed, name="quantizer")
         self.num_codes, self.code_dim = self.quantizer.num_codes, self.quantizer.code_dim
@@ -253,12 +264,12 @@ class VQVAE(keras.Model):
         layers = keras.layers
         self.encoder = keras.Sequential(
             [layers.Input(image_shape)]
-            + [layers.Conv2D(f, 4, strides=2, padding="same", activation="relu") for f in filters]
+            + [layers.Conv2D(f, 4, strides=2, padding="same", activation="relu") for f in filters] + shrink
             + [layers.Conv2D(filters[-1], 3, padding="same", activation="relu"), layers.Conv2D(self.code_dim, 1)],
             name="encoder")
         self.decoder = keras.Sequential(
             [layers.Input((*self.grid_shape, self.code_dim)),
-             layers.Conv2D(filters[-1], 3, padding="same", activation="relu")]
+             layers.Conv2D(filters[-1], 3, padding="same", activation="relu")] + grow
             + [layers.Conv2DTranspose(f, 4, strides=2, padding="same", activation="relu") for f in filters[::-1]]
             + [layers.Conv2D(image_shape[-1], 3, padding="same", activation="sigmoid")],
             name="decoder")
@@ -335,15 +346,22 @@ class VQVAE(keras.Model):
         q = self.quantizer
         return {**super().get_config(), "image_shape": self.image_shape, "num_codes": self.num_codes,
                 "code_dim": self.code_dim, "filters": self.filters, "beta": self.beta, "ema": q.ema,
-                "decay": q.decay, "restart_threshold": q.restart_threshold, "seed": self.seed}
+                "decay": q.decay, "restart_threshold": q.restart_threshold, "seed": self.seed,
+                "grid_shape": self.grid_shape}
+
+
+def _valid_conv(filters, kernel, transpose=False):
+    """An unpadded (transposed) convolution with ReLU: shrinks (grows) a grid by ``kernel - 1`` per axis."""
+    layer = keras.layers.Conv2DTranspose if transpose else keras.layers.Conv2D
+    return layer(filters, kernel, padding="valid", activation="relu")
 
 
 class TwoStageGenerator:
     """Two-stage generation: a prior samples a grid of code indices, the VQ-VAE's decoder draws it.
 
     Args:
-        vqvae: a trained ``VQVAE`` (its codebook and decoder).
-        prior: a model of token grids with ``generate(n, *, seed, batch_size, progress[, temperature])``
+        vqvae: a trained ``VQVAE`` (its codebook and decoder; a ``genlib.vqgan.VQGAN`` is one).
+        prior: a model of token grids with ``generate(n, *, seed, batch_size, progress[, temperature, top_k])``
             returning code indices (n, h, w) or (n, h, w, 1) in 0..K-1: e.g. a
             ``genlib.autoregressive.PixelCNN(image_shape=(h, w, 1), levels=K)`` fitted to
             ``vqvae.encode(x_train)``, or ``genlib.baselines.PixelCategorical(K)`` (independent positions).
@@ -357,20 +375,24 @@ class TwoStageGenerator:
         self.vqvae, self.prior = vqvae, prior
 
     def sample_tokens(self, n: int, *, seed=None, batch_size: int = 500, progress=None,
-                      temperature: float = 1.0) -> np.ndarray:
+                      temperature: float = 1.0, top_k=None) -> np.ndarray:
         """``n`` token grids from the prior: (n, h, w, 1) int32 code indices."""
         n = _util.positive_int("n", n)
-        # A prior without a temperature (independent positions) is asked only at the default.
+        # A prior without a temperature or top-k (independent positions) is asked only at the defaults.
         options = {} if temperature == 1.0 else {"temperature": temperature}
+        if top_k is not None:
+            options["top_k"] = top_k  # a transformer prior's top-k sampling
         q = np.asarray(self.prior.generate(n, seed=seed, batch_size=batch_size, progress=progress, **options))
         q = q.reshape(n, *self.vqvae.grid_shape, 1)
         return np.rint(q).astype("int32")  # a prior may return its integer levels as floats
 
     def generate(self, n: int, *, seed=None, batch_size: int = 500, progress=None,
-                 temperature: float = 1.0) -> np.ndarray:
+                 temperature: float = 1.0, top_k=None) -> np.ndarray:
         """``n`` images (n, H, W, 1) in [0, 1]: tokens from the prior, decoded. Same seed, same images.
 
-        ``temperature`` divides the prior's logits (below 1: safer, less varied token grids).
+        ``temperature`` divides the prior's logits (below 1: safer, less varied token grids);
+        ``top_k`` (a prior that has it, e.g. ``genlib.vqgan.GPTPrior``) samples among the k likeliest codes.
         """
-        tokens = self.sample_tokens(n, seed=seed, batch_size=batch_size, progress=progress, temperature=temperature)
+        tokens = self.sample_tokens(n, seed=seed, batch_size=batch_size, progress=progress, temperature=temperature,
+                                    top_k=top_k)
         return self.vqvae.decode(tokens, batch_size)
