@@ -9,7 +9,8 @@ predict the noise that was added, and samplers run the process backwards from pu
 
 * ``NoiseSchedule``: ``beta_t`` (linear or cosine) and everything derived from it
   (``alpha_bar``, signal and noise rates, the posterior variance).
-* ``q_sample``: draw ``x_t`` from ``x_0`` in one step (the closed form).
+* ``q_sample``: draw ``x_t`` from ``x_0`` in one step (the closed form); ``q_posterior``: the
+  Gaussian ``q(x_{t-1} | x_t, x_0)`` that a reverse step imitates.
 * ``SinusoidalEmbedding``, ``ResBlock``, ``AttentionBlock``, ``UNet``: the noise predictor, from
   ``genlib.unet`` (re-exported here).
 * ``DiffusionModel``: trains ``UNet`` on the simple loss ``||eps - eps_theta(x_t, t)||^2`` with
@@ -34,7 +35,8 @@ from genlib import _util
 from genlib._util import positive_int
 from genlib.unet import AttentionBlock, ResBlock, SinusoidalEmbedding, UNet  # noqa: F401
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "offset_cosine")
+LOSSES = ("l2", "l1")
 
 
 class NoiseSchedule:
@@ -45,26 +47,43 @@ class NoiseSchedule:
 
     Args:
         name: ``"linear"`` (Ho et al. 2020; ``beta`` from 1e-4 to 0.02 at T = 1000, rescaled by
-            1000 / T so that shorter chains still end in noise) or ``"cosine"`` (Nichol &
-            Dhariwal 2021: ``alpha_bar(t) = cos^2((t/T + s)/(1 + s) * pi/2)``, normalised).
+            1000 / T so that shorter chains still end in noise), ``"cosine"`` (Nichol &
+            Dhariwal 2021: ``alpha_bar(t) = cos^2((t/T + s)/(1 + s) * pi/2)``, normalised), or
+            ``"offset_cosine"``: the signal rate ``sqrt(alpha_bar) = cos(phi)`` with the angle
+            ``phi`` linear in t between ``arccos(max_signal_rate)`` at the first step and
+            ``arccos(min_signal_rate)`` at the last, so the chain neither starts at an
+            invisible amount of noise nor ends at an invisible amount of signal.
         timesteps: T, the number of noising steps.
         s: offset of the cosine schedule (keeps ``beta_1`` from being tiny).
+        min_signal_rate, max_signal_rate: the offset cosine's end points (ignored otherwise).
     """
 
-    def __init__(self, name: str = "cosine", timesteps: int = 1000, s: float = 0.008):
+    def __init__(self, name: str = "cosine", timesteps: int = 1000, s: float = 0.008,
+                 min_signal_rate: float = 0.02, max_signal_rate: float = 0.95):
         self.name = _util.choice("schedule", name, SCHEDULES)
         self.timesteps, self.s = positive_int("timesteps (T)", timesteps), float(s)
+        self.min_signal_rate = _util.number("min_signal_rate", min_signal_rate, 0.0, 1.0, low_open=True, high_open=True)
+        self.max_signal_rate = _util.number("max_signal_rate", max_signal_rate, 0.0, 1.0, low_open=True, high_open=True)
+        if self.min_signal_rate >= self.max_signal_rate:
+            raise ValueError(f"min_signal_rate ({min_signal_rate}) must be below max_signal_rate ({max_signal_rate}).")
         T = self.timesteps
         if name == "linear":
             scale = 1000.0 / T
             beta = np.linspace(scale * 1e-4, min(scale * 0.02, 0.999), T, dtype="float64")
-        else:
+            alpha_bar = np.cumprod(1.0 - beta)
+        elif name == "cosine":
             f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * math.pi / 2) ** 2
             # Clipping beta away from 1 keeps the last steps invertible (cos^2 -> 0 at t = T).
             beta = np.clip(1.0 - f[1:] / f[:-1], 1e-8, 0.999)
+            alpha_bar = np.cumprod(1.0 - beta)
+        else:
+            start, end = math.acos(self.max_signal_rate), math.acos(self.min_signal_rate)
+            phi = start + np.linspace(0.0, 1.0, T) * (end - start) if T > 1 else np.array([end])
+            alpha_bar = np.cos(phi) ** 2
+            beta = 1.0 - alpha_bar / np.concatenate([[1.0], alpha_bar[:-1]])
         self.beta = beta
         self.alpha = 1.0 - beta
-        self.alpha_bar = np.cumprod(self.alpha)
+        self.alpha_bar = alpha_bar
         self.alpha_bar_prev = np.concatenate([[1.0], self.alpha_bar[:-1]])
         self.signal_rate = np.sqrt(self.alpha_bar)  # sqrt(alpha_bar_t): how much of x_0 is left
         self.noise_rate = np.sqrt(1.0 - self.alpha_bar)  # sqrt(1 - alpha_bar_t): the noise's std
@@ -85,7 +104,8 @@ class NoiseSchedule:
         return ops.reshape(ops.take(table, ops.cast(t, "int32")), (-1, 1, 1, 1))
 
     def get_config(self):
-        return {"name": self.name, "timesteps": self.timesteps, "s": self.s}
+        return {"name": self.name, "timesteps": self.timesteps, "s": self.s,
+                "min_signal_rate": self.min_signal_rate, "max_signal_rate": self.max_signal_rate}
 
 
 def q_sample(schedule: NoiseSchedule, x0, t, noise):
@@ -122,22 +142,31 @@ def predict_x0(schedule: NoiseSchedule, x_t, t: int, eps, clip=None):
     return x0, eps
 
 
-def ddpm_step(schedule: NoiseSchedule, x_t, t: int, eps, noise, clip=None):
-    """One ancestral step ``x_t -> x_{t-1}``, a draw from ``q(x_{t-1} | x_t, x0 = predicted x0)``.
+def q_posterior(schedule: NoiseSchedule, x0, x_t, t: int):
+    """The forward process's posterior ``q(x_{t-1} | x_t, x_0) = N(mean, variance I)`` at step ``t`` (int).
 
-    The posterior mean ``sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x0 + sqrt(alpha_t)
-    (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t`` equals ``(x_t - beta_t / sqrt(1 - alpha_bar_t)
-    eps) / sqrt(alpha_t)`` when x0 is not clipped. The variance is ``beta tilde_t``; no noise
-    at the last step (t = 0). Returns (x_{t-1}, x0).
+    ``mean = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x0 + sqrt(alpha_t) (1 - alpha_bar_{t-1})
+    / (1 - alpha_bar_t) x_t`` and ``variance = beta tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)
+    beta_t`` (Bayes' rule on two Gaussians in x_{t-1}). Returns (mean shaped like x_t, variance float).
     """
-    x0, _ = predict_x0(schedule, x_t, t, eps, clip)
     abar, abar_prev = schedule.alpha_bar[t], schedule.alpha_bar_prev[t]
     coef_x0 = math.sqrt(abar_prev) * schedule.beta[t] / (1.0 - abar)
     coef_xt = math.sqrt(schedule.alpha[t]) * (1.0 - abar_prev) / (1.0 - abar)
-    mean = coef_x0 * x0 + coef_xt * x_t
+    return coef_x0 * x0 + coef_xt * x_t, float(schedule.posterior_variance[t])
+
+
+def ddpm_step(schedule: NoiseSchedule, x_t, t: int, eps, noise, clip=None):
+    """One ancestral step ``x_t -> x_{t-1}``, a draw from ``q(x_{t-1} | x_t, x0 = predicted x0)``.
+
+    The posterior mean (``q_posterior``) equals ``(x_t - beta_t / sqrt(1 - alpha_bar_t) eps) /
+    sqrt(alpha_t)`` when x0 is not clipped. The variance is ``beta tilde_t``; no noise at the
+    last step (t = 0). Returns (x_{t-1}, x0).
+    """
+    x0, _ = predict_x0(schedule, x_t, t, eps, clip)
+    mean, variance = q_posterior(schedule, x0, x_t, t)
     if t == 0:
         return mean, x0
-    return mean + math.sqrt(schedule.posterior_variance[t]) * noise, x0
+    return mean + math.sqrt(variance) * noise, x0
 
 
 def ddim_step(schedule: NoiseSchedule, x_t, t: int, t_prev: int, eps, eta: float = 0.0, noise=None, clip=None):
@@ -260,16 +289,20 @@ class DiffusionModel(_util.TrainStepModel):
         label_dropout: probability of training a labelled example as unconditional.
         seed: seed of the training noise.
         condition_dim: size of condition vectors used in place of class labels, or None.
+        loss: ``"l2"``, the simple loss ``(eps_theta - eps)^2`` (the variational bound with its
+            weights dropped), or ``"l1"``, ``|eps_theta - eps|``: its gradient does not grow with
+            the error, so the rare large errors of the noisiest steps pull less on the network.
 
-    Tracked metric: ``loss`` (the simple loss, per pixel).
+    Tracked metric: ``loss`` (the loss per pixel: the simple loss, or the L1 error with ``loss="l1"``).
     """
 
     def __init__(self, image_shape=(16, 16, 1), widths=(32, 64), blocks_per_level: int = 1, attention: bool = True,
                  num_classes: int | None = None, schedule: str = "cosine", timesteps: int = 1000,
                  ema_decay: float = 0.999, label_dropout: float = 0.1, groups: int = 8, seed=None,
-                 condition_dim: int | None = None, **kwargs):
+                 condition_dim: int | None = None, loss: str = "l2", **kwargs):
         super().__init__(**kwargs)
         image_shape = _util.shape("image_shape (H, W, C)", image_shape, rank=3)
+        self.loss_name = _util.choice("loss", loss, LOSSES)
         self.schedule = NoiseSchedule(schedule, timesteps)
         self.image_shape, self.seed = image_shape, seed
         self.ema_decay = _util.fraction("ema_decay", ema_decay)
@@ -327,7 +360,7 @@ class DiffusionModel(_util.TrainStepModel):
         return self.network(x_t, t, labels), eps
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The simple loss: the mean of ``(eps_pred - eps)^2`` over pixels.
+        """The simple loss: the mean of ``(eps_pred - eps)^2`` over pixels (``|eps_pred - eps|`` with ``loss="l1"``).
 
         ``x``: images, or (images, labels); ``y``: labels that ``fit``/``evaluate`` received apart
         from the images (the prediction is then made with them).
@@ -337,7 +370,8 @@ class DiffusionModel(_util.TrainStepModel):
         if y_pred is None:
             y_pred = self(x, training=training)
         eps_pred, eps = y_pred
-        loss = ops.mean(ops.square(eps_pred - eps))
+        error = eps_pred - eps
+        loss = ops.mean(ops.abs(error) if self.loss_name == "l1" else ops.square(error))
         self.loss_tracker.update_state(loss)
         return loss
 
@@ -463,7 +497,10 @@ class DiffusionModel(_util.TrainStepModel):
                 labels = np.asarray(labels, "int32").reshape(-1)
             if len(labels) != len(x_T):
                 raise ValueError(f"{len(x_T)} images but {len(labels)} labels.")
-        eps_model = lambda x, t, y: self.predict_noise(x, t, y, guidance, use_ema)  # noqa: E731
+
+        def eps_model(x, t, y):  # a def, not a lambda: TF's AutoGraph cannot parse a lambda's source and warns
+            return self.predict_noise(x, t, y, guidance, use_ema)
+
         if compile:
             key = (use_ema, labels is not None, guidance)
             if key not in self._eps_fns:
@@ -487,4 +524,4 @@ class DiffusionModel(_util.TrainStepModel):
                 "num_classes": self.num_classes, "schedule": self.schedule.name,
                 "timesteps": self.schedule.timesteps, "ema_decay": self.ema_decay,
                 "label_dropout": self.label_dropout, "groups": self.network.groups, "seed": self.seed,
-                "condition_dim": self.condition_dim}
+                "condition_dim": self.condition_dim, "loss": self.loss_name}

@@ -15,7 +15,7 @@ def small_model(**kwargs):
     return model
 
 
-@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("name", ["linear", "cosine", "offset_cosine"])
 @pytest.mark.parametrize("T", [10, 100, 1000])
 def test_schedule_identities(name, T):
     s = dm.NoiseSchedule(name, T)
@@ -27,6 +27,33 @@ def test_schedule_identities(name, T):
     np.testing.assert_allclose(s.signal_rate**2 + s.noise_rate**2, 1.0)
     # The posterior variance lies between 0 and beta (beta tilde <= beta).
     assert np.all(s.posterior_variance >= 0) and np.all(s.posterior_variance <= s.beta + 1e-12)
+
+
+def test_offset_cosine_end_points_and_angle():
+    """The offset cosine keeps its signal rate between its end points, its angle linear in t."""
+    s = dm.NoiseSchedule("offset_cosine", 200, min_signal_rate=0.05, max_signal_rate=0.9)
+    np.testing.assert_allclose(s.signal_rate[[0, -1]], [0.9, 0.05])
+    np.testing.assert_allclose(np.diff(np.arccos(s.signal_rate), 2), 0.0, atol=1e-12)
+    # The cosine schedule, unlike it, ends at a signal rate the x0 estimate cannot invert.
+    assert dm.NoiseSchedule("cosine", 200).signal_rate[-1] < 1e-3
+    assert dm.NoiseSchedule("offset_cosine", 200).signal_rate[-1] == pytest.approx(0.02)
+    assert dm.NoiseSchedule("offset_cosine", 1).signal_rate[0] == pytest.approx(0.02)
+
+
+def test_q_posterior_is_bayes_rule():
+    """mean/variance of q(x_{t-1} | x_t, x0) from the product of the two Gaussians in x_{t-1}."""
+    rng = np.random.default_rng(3)
+    for name in ["linear", "offset_cosine"]:
+        s = dm.NoiseSchedule(name, 50)
+        x0, xt = rng.normal(size=(2, 3, 3, 1)), rng.normal(size=(2, 3, 3, 1))
+        for t in [1, 17, 49]:
+            # q(x_t | x_{t-1}) = N(sqrt(alpha) x_{t-1}, beta); q(x_{t-1} | x0) = N(sqrt(abar_prev) x0, 1 - abar_prev)
+            precision = s.alpha[t] / s.beta[t] + 1 / (1 - s.alpha_bar_prev[t])
+            mean = (np.sqrt(s.alpha[t]) / s.beta[t] * xt + np.sqrt(s.alpha_bar_prev[t]) / (1 - s.alpha_bar_prev[t])
+                    * x0) / precision
+            got_mean, got_var = dm.q_posterior(s, x0, xt, t)
+            np.testing.assert_allclose(got_mean, mean, rtol=1e-9)
+            assert got_var == pytest.approx(1 / precision, rel=1e-9)
 
 
 def test_bad_schedule_arguments():
@@ -41,6 +68,20 @@ def test_bad_schedule_arguments():
         dm.DiffusionModel(schedule="sigmoid")
     with pytest.raises(ValueError, match="widths"):
         dm.DiffusionModel(widths=(8, True))
+    for low, high in [(0.0, 0.9), (0.5, 0.4), (0.1, 1.0)]:
+        with pytest.raises(ValueError, match="signal_rate"):
+            dm.NoiseSchedule("offset_cosine", 10, min_signal_rate=low, max_signal_rate=high)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        dm.DiffusionModel(loss="huber")
+
+
+def test_l1_loss_is_the_mean_absolute_error():
+    model = small_model(loss="l1")
+    rng = np.random.default_rng(0)
+    pred, eps = rng.normal(size=(2, 2, 16, 16, 1)).astype("float32")
+    loss = keras.ops.convert_to_numpy(model.compute_loss(y_pred=(pred, eps)))
+    np.testing.assert_allclose(loss, np.abs(pred - eps).mean(), rtol=1e-5)
+    assert dm.DiffusionModel.from_config(model.get_config()).loss_name == "l1"
 
 
 def test_q_sample_refuses_steps_outside_the_schedule():
