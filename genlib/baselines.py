@@ -94,10 +94,6 @@ class PixelCategorical:
             out.append(np.minimum((u > cdf[None]).sum(-1), self.levels - 1).astype("int32"))
         return np.concatenate(out)
 
-    def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        """The former name of ``generate`` (same images for a seed), for chapters not yet moved to it."""
-        return self.generate(n, seed=seed)
-
 
 class GaussianBaseline:
     """A multivariate Gaussian over flattened images.
@@ -160,10 +156,6 @@ class GaussianBaseline:
             flat = self.mean + (z * np.sqrt(self.eigval)) @ self.eigvec.T
             out.append(flat if clip is None else np.clip(flat, *clip))
         return np.concatenate(out).reshape(n, *self.shape).astype("float32")
-
-    def sample(self, n: int, seed: int = 0, clip: tuple[float, float] | None = (0.0, 1.0)) -> np.ndarray:
-        """The former name of ``generate`` (same images for a seed), for chapters not yet moved to it."""
-        return self.generate(n, seed=seed, clip=clip)
 
 
 def uniform_noise(n: int, shape=(28, 28, 1), value_range=(0.0, 1.0), seed: int = 0) -> np.ndarray:

@@ -87,12 +87,10 @@ def test_generate_is_seeded_batched_and_in_the_data_convention():
     assert a.min() >= 0 and a.max() < 5
     np.testing.assert_array_equal(a, pixel.generate(7, seed=3))  # the batch size does not change the draws
     assert not np.array_equal(a, pixel.generate(7, seed=4))
-    np.testing.assert_array_equal(pixel.sample(7, seed=3), a)  # the former name, same images
     gauss = baselines.GaussianBaseline().fit(np.random.default_rng(1).uniform(size=(200, 2, 2, 1)))
     g = gauss.generate(9, seed=5, batch_size=4)
     assert g.shape == (9, 2, 2, 1) and g.dtype == np.float32 and g.min() >= 0 and g.max() <= 1
     np.testing.assert_array_equal(g, gauss.generate(9, seed=5))
-    np.testing.assert_array_equal(gauss.sample(9, seed=5), g)
     assert gauss.generate(50, seed=0, clip=(-1, 1)).min() >= -1
     for bad in (0, True):
         with pytest.raises(ValueError, match="n must"):
