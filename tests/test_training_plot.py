@@ -141,7 +141,7 @@ def test_fit_or_load_timed_counts_the_epochs_of_an_interrupted_run(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         training.fit_or_load(small_model(), "cut", x, y, epochs=4, verbose=0, callbacks=[slow, _StopAfter(3)])
     _, seconds = training.fit_or_load_timed(small_model(), "cut", x, y, epochs=4, verbose=0)
-    assert seconds >= 0.2 * 3  # the epochs before the interruption count too
+    assert seconds >= 0.2 * 2  # the two epochs finished before the interruption count too
 
 
 def test_wall_clock_budget_stops_fit_and_refuses_bad_budgets():
