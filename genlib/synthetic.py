@@ -28,6 +28,18 @@ The pieces:
 * ``multi_positive_contrastive_loss`` and ``ContrastiveEncoder``: SynCLR / StableRep's loss
   (all images generated from the same caption or class are positives of each other) and an
   encoder trained with it by ``fit``; ``linear_probe`` scores its features.
+
+Added for the other two families and for SynCLR in miniature:
+
+* **performance matching** by kernel inducing points (Nguyen et al. 2021): ``random_features``
+  (a random ConvNet's kernel), ``kernel_ridge_predict`` (the closed form), ``kip_loss``,
+  ``distill_kip``;
+* **trajectory matching** (Cazenavette et al. 2022): ``expert_trajectory`` (saved expert
+  weights), ``student_trajectory`` (unrolled, differentiable student steps through
+  ``stateless_call``), ``trajectory_matching_loss`` (normalised parameter distance),
+  ``distill_trajectory_matching`` (images and a learnable student learning rate);
+* ``Augment`` (random shifts, flips, noise; backend-neutral), ``paired_views`` (SimCLR's two
+  views) and ``grouped_order`` (whole caption groups per batch).
 """
 
 from __future__ import annotations
@@ -533,15 +545,21 @@ class ContrastiveEncoder(keras.Model):
         projection_dim: size of the projection the loss sees (an MLP head, as in SimCLR: the
             representation before it transfers better than the projection).
         temperature: tau of the loss.
+        augmentation: None, or the arguments of an ``Augment`` layer applied to every image
+            during training (``call`` with ``training=True``): SimCLR's views, SynCLR's extra invariances.
 
     Shapes: ``call`` (batch, H, W, C) -> (batch, projection_dim); ``encode`` -> (batch, features).
     Tracked metric: ``loss``.
     """
 
     def __init__(self, image_shape=(16, 16, 1), width: int = 32, depth: int = 3, projection_dim: int = 64,
-                 temperature: float = 0.1, **kwargs):
+                 temperature: float = 0.1, augmentation: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.image_shape = _util.shape("image_shape", image_shape, rank=3)
+        if augmentation is not None and not isinstance(augmentation, dict):
+            raise ValueError(f"augmentation must be None or a dict of Augment arguments, got {augmentation!r}.")
+        self.augmentation = None if augmentation is None else dict(augmentation)
+        self.augment = None if augmentation is None else Augment(**self.augmentation, name="augment")
         self.width, self.depth = _util.positive_int("width", width), _util.positive_int("depth", depth)
         self.projection_dim = _util.positive_int("projection_dim", projection_dim)
         self.temperature = _util.number("temperature", temperature, 0.0, low_open=True)
@@ -559,6 +577,8 @@ class ContrastiveEncoder(keras.Model):
         self.built = True
 
     def call(self, images, training=False):
+        if training and self.augment is not None:
+            images = self.augment(images, training=True)
         return self.projection(self.encoder(images, training=training), training=training)
 
     def encode(self, images, batch_size: int = 500) -> np.ndarray:
@@ -576,7 +596,8 @@ class ContrastiveEncoder(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "image_shape": list(self.image_shape), "width": self.width,
-                "depth": self.depth, "projection_dim": self.projection_dim, "temperature": self.temperature}
+                "depth": self.depth, "projection_dim": self.projection_dim, "temperature": self.temperature,
+                "augmentation": self.augmentation}
 
 
 def linear_probe(train_features, y_train, test_features, y_test, epochs: int = 20, learning_rate: float = 1e-2,
@@ -598,3 +619,353 @@ def linear_probe(train_features, y_train, test_features, y_test, epochs: int = 2
     probe.fit((f_train - mean)[order] / std, np.asarray(y_train)[order], epochs=epochs, batch_size=128,
               shuffle=False, verbose=0)
     return float(probe.evaluate((f_test - mean) / std, y_test, batch_size=1000, verbose=0)[1])
+
+
+# ---------------------------------------------------------------------------
+# Augmentations (backend-neutral)
+
+
+@keras.saving.register_keras_serializable(package="genlib")
+class Augment(keras.layers.Layer):
+    """Random shifts (a crop of the image padded with ``fill_value``), horizontal flips and Gaussian noise.
+
+    SimCLR's lesson: a contrastive encoder learns what its augmentations leave unchanged.
+    Everything is one ``ops.image.affine_transform`` per batch (integer shifts, nearest
+    neighbour), so it runs inside ``fit`` on TensorFlow, JAX and PyTorch alike.
+
+    Args:
+        max_shift: largest shift in pixels along each axis (0: none); each image draws its own.
+        flip: flip each image left-right with probability 1/2 (valid for Fashion-MNIST: a
+            mirrored shoe is still a shoe; an upside-down one would not be).
+        noise_std: standard deviation of added Gaussian noise (0: none).
+        fill_value: value of the pixels shifted in (the background: -1 for images in [-1, 1]).
+        seed: seed of the random draws; two layers with the same seed draw the same sequence.
+
+    Shapes: (batch, H, W, C) -> (batch, H, W, C). Identity unless ``training`` is true.
+    """
+
+    def __init__(self, max_shift: int = 2, flip: bool = True, noise_std: float = 0.0, fill_value: float = -1.0,
+                 seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.max_shift = _util.positive_int("max_shift", max_shift, 0)
+        if not isinstance(flip, (bool, np.bool_)):
+            raise ValueError(f"flip must be True or False, got {flip!r}.")
+        self.flip = bool(flip)
+        self.noise_std = _util.number("noise_std", noise_std, 0.0)
+        self.fill_value = _util.number("fill_value", fill_value)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        n, width = ops.shape(images)[0], images.shape[2]
+        out = images
+        if self.max_shift or self.flip:
+            s = self.max_shift
+            shift = ops.cast(keras.random.randint((n, 2), -s, s + 1, seed=self.seed_generator), "float32")
+            mirrored = ops.cast(keras.random.uniform((n,), seed=self.seed_generator) < 0.5, "float32")
+            if not self.flip:
+                mirrored = mirrored * 0.0
+            # affine_transform maps each output pixel (x, y) to the input pixel (a0 x + a2, y + b2):
+            # a0 = -1 with a2 = W - 1 mirrors, the shifts move the crop window.
+            sign = 1.0 - 2.0 * mirrored
+            zero, one = ops.zeros((n,)), ops.ones((n,))
+            transform = ops.stack([sign, zero, mirrored * (width - 1) + shift[:, 0], zero, one, shift[:, 1],
+                                   zero, zero], axis=1)
+            out = ops.image.affine_transform(out, transform, interpolation="nearest", fill_mode="constant",
+                                             fill_value=self.fill_value)
+        if self.noise_std:
+            out = out + self.noise_std * keras.random.normal(ops.shape(out), seed=self.seed_generator)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "max_shift": self.max_shift, "flip": self.flip, "noise_std": self.noise_std,
+                "fill_value": self.fill_value, "seed": self.seed}
+
+
+def paired_views(x, seed: int = 0):
+    """SimCLR's batch layout for ``ContrastiveEncoder.fit``: every image twice, side by side, with its index as group.
+
+    With augmentations on, the two copies become two different views, each the other's only
+    positive; the multi-positive loss is then InfoNCE. Returns (images (2N, ...), groups (2N,)),
+    the images in a seeded random order; train with an even batch size and ``shuffle=False``
+    so the pairs stay in one batch.
+    """
+    x = np.asarray(x, "float32")
+    order = np.random.default_rng(seed).permutation(len(x))
+    return np.repeat(x[order], 2, axis=0), np.repeat(np.arange(len(x), dtype="int32"), 2)
+
+
+def grouped_order(groups, group_size: int, seed: int = 0) -> np.ndarray:
+    """Indices that put the images of each group (e.g. one caption) next to each other, groups in a seeded order.
+
+    Train with ``shuffle=False`` and a batch size that is a multiple of ``group_size``, so a
+    batch holds whole groups and every image has its positives in its batch.
+    """
+    groups = np.asarray(groups).reshape(-1)
+    group_size = _util.positive_int("group_size", group_size)
+    ids = np.random.default_rng(seed).permutation(np.unique(groups))
+    order = [np.flatnonzero(groups == g)[:group_size] for g in ids]
+    if any(len(o) != group_size for o in order):
+        raise ValueError(f"every group needs at least group_size={group_size} members.")
+    return np.concatenate(order)
+
+
+# ---------------------------------------------------------------------------
+# Performance matching: kernel inducing points (KIP)
+
+
+def random_features(convnet: keras.Model, images, training: bool = True):
+    """The features of a (random) ConvNet-D that define KIP's kernel: every block's output, flattened and joined.
+
+    ``k(x, x') = phi(x) . phi(x') / D`` with these features is a Monte Carlo estimate of the
+    network's NNGP kernel (the kernel of an infinitely wide random network) for this one draw.
+    Shapes: (batch, H, W, C) -> (batch, D).
+    """
+    blocks = [layer for layer in convnet.layers if layer.name.startswith("block_")]
+    h, feats = images, []
+    for layer in convnet.layers[1:]:
+        h = layer(h, training=training)
+        if layer in blocks:
+            feats.append(ops.reshape(h, (ops.shape(h)[0], -1)))
+        if layer is blocks[-1]:
+            break
+    return ops.concatenate(feats, axis=1)
+
+
+def kernel_ridge_predict(k_query_support, k_support, y_support, regularization: float = 1e-3):
+    """Kernel ridge regression in closed form: ``K_qs (K_ss + lambda I)^{-1} Y_s``.
+
+    ``lambda = regularization * trace(K_ss) / n``: relative to the kernel's scale, as in KIP.
+    Shapes: k_query_support (q, n), k_support (n, n), y_support (n, k) -> (q, k).
+    """
+    regularization = _util.number("regularization", regularization, 0.0)
+    k_query_support, k_support, y_support = (ops.convert_to_tensor(a, "float32")
+                                             for a in (k_query_support, k_support, y_support))
+    n = ops.shape(k_support)[0]
+    lam = regularization * ops.trace(k_support) / ops.cast(n, k_support.dtype)
+    alpha = ops.solve(k_support + lam * ops.eye(n, dtype=k_support.dtype), y_support)
+    return ops.matmul(k_query_support, alpha)
+
+
+def kip_loss(target_features, y_target, support_features, y_support, regularization: float = 1e-3):
+    """KIP's loss (Nguyen et al. 2021): how well kernel ridge regression fit on the support set predicts the target.
+
+    ``k(a, b) = phi(a) . phi(b) / D``; the prediction for the target batch is
+    ``kernel_ridge_predict(K_ts, K_ss, Y_s)`` and the loss is ``0.5 * mean_i ||pred_i - Y_t,i||^2``.
+    Training the "network" (the regression) is a linear solve, so the loss is a closed-form,
+    differentiable function of the support (synthetic) images: performance matching with no unrolling.
+
+    Shapes: features (q, D) and (n, D); labels as targets (q, k) and (n, k) (e.g. centred one-hot).
+    """
+    target_features, y_target, support_features = (ops.convert_to_tensor(a, "float32")
+                                                   for a in (target_features, y_target, support_features))
+    d = ops.cast(ops.shape(support_features)[1], support_features.dtype)
+    k_ss = ops.matmul(support_features, ops.transpose(support_features)) / d
+    k_ts = ops.matmul(target_features, ops.transpose(support_features)) / d
+    pred = kernel_ridge_predict(k_ts, k_ss, y_support, regularization)
+    return 0.5 * ops.mean(ops.sum(ops.square(pred - y_target), axis=1))
+
+
+def centred_one_hot(labels, num_classes: int) -> np.ndarray:
+    """KIP's regression targets: one-hot minus 1/C, so a constant prediction scores zero."""
+    return (np.eye(num_classes, dtype="float32")[np.asarray(labels)] - 1.0 / num_classes).astype("float32")
+
+
+def distill_kip(synthetic: SyntheticSet, x_real, y_real, iterations: int = 100, real_per_class: int = 64,
+                learning_rate: float = 0.01, regularization: float = 1e-3, convnet=None, clip=(-1.0, 1.0),
+                seed: int = 0, progress=None, redraw_network: bool = True) -> dict:
+    """Dataset distillation by kernel inducing points, with a random ConvNet's feature kernel.
+
+    Each iteration draws a fresh random ConvNet (its features ``random_features``: a new
+    kernel), a class-balanced batch of real images as the target, and takes one Adam step on
+    the synthetic images down ``kip_loss`` (kernel ridge regression fit on the synthetic set,
+    scored on the real batch). Averaging over draws approximates the network's expected kernel.
+
+    Arguments as for ``distill_gradient_matching``. Returns {"loss": [per iteration]}.
+    """
+    convnet = convnet or build_convnet(synthetic.image_shape, synthetic.num_classes)
+    optimizer = keras.optimizers.Adam(_util.number("learning_rate", learning_rate, 0.0))
+    optimizer.build([synthetic.images])
+    regularization = _util.number("regularization", regularization, 0.0)
+    ncls = synthetic.num_classes
+    y_support = ops.convert_to_tensor(centred_one_hot(synthetic.labels, ncls))
+    per = _util.positive_int("real_per_class", real_per_class)
+    y_target = ops.convert_to_tensor(centred_one_hot(np.repeat(np.arange(ncls), per), ncls))
+
+    def step(x_real):
+        target = ops.stop_gradient(random_features(convnet, x_real))
+
+        def loss_fn():
+            return kip_loss(target, y_target, random_features(convnet, synthetic.images), y_support, regularization)
+
+        loss, _, (grad,) = _util.value_and_grad(loss_fn, [synthetic.images])
+        optimizer.apply([grad], [synthetic.images])
+        if clip is not None:
+            synthetic.images.assign(ops.clip(synthetic.images, clip[0], clip[1]))
+        return loss
+
+    step = _util.compile_step(step, state=[*convnet.variables, synthetic.images, *optimizer.variables])
+    return _distill(step, synthetic, x_real, y_real, iterations, real_per_class, convnet, seed, progress,
+                    redraw_network)
+
+
+# ---------------------------------------------------------------------------
+# Parameter matching over many steps: matching training trajectories (MTT)
+
+
+def flat_weights(model: keras.Model) -> np.ndarray:
+    """``model``'s trainable weights as one float32 vector (the order of ``trainable_variables``)."""
+    return np.concatenate([ops.convert_to_numpy(v).reshape(-1) for v in model.trainable_variables]).astype("float32")
+
+
+def _unflatten(model, flat):
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    ends = [int(e) for e in np.cumsum([int(np.prod(s)) for s in shapes])]
+    return [ops.reshape(part, s) for part, s in zip(ops.split(flat, ends[:-1]), shapes)]
+
+
+def expert_trajectory(convnet: keras.Model, x, y, checkpoints: int = 10, steps_per_checkpoint: int = 20,
+                      learning_rate: float = 0.01, batch_size: int = 128, seed: int = 0) -> np.ndarray:
+    """Train ``convnet`` (redrawn from ``seed``) on real data with plain SGD, saving its weights along the way.
+
+    The experts of trajectory matching: ``checkpoints`` segments of ``steps_per_checkpoint``
+    SGD steps (no momentum, as in Cazenavette et al., so a student can follow with the same
+    update rule). Returns (checkpoints + 1, P): the flat weights at the start and after each segment.
+    """
+    x, y = _check_labelled(x, y, convnet.output_shape[-1])
+    checkpoints = _util.positive_int("checkpoints", checkpoints)
+    steps = _util.positive_int("steps_per_checkpoint", steps_per_checkpoint)
+    batch_size = min(_util.positive_int("batch_size", batch_size), len(x))
+    reinitialize(convnet, seed)
+    weights = convnet.trainable_variables
+    lr = _util.number("learning_rate", learning_rate, 0.0, low_open=True)
+
+    def sgd_step(images, labels):
+        _, _, grads = _util.value_and_grad(
+            lambda: _mean_cross_entropy(labels, convnet(images, training=True)), weights)
+        for w, g in zip(weights, grads):
+            w.assign_sub(lr * g)
+        return 0.0
+
+    sgd_step = _util.compile_step(sgd_step, state=convnet.variables)
+    rng = np.random.default_rng(seed)
+    saved = [flat_weights(convnet)]
+    for _ in range(checkpoints):
+        for _ in range(steps):
+            idx = rng.choice(len(x), batch_size, replace=False)
+            sgd_step(ops.convert_to_tensor(x[idx]), ops.convert_to_tensor(y[idx]))
+        saved.append(flat_weights(convnet))
+    return np.stack(saved)
+
+
+def trajectory_matching_loss(student_end, expert_start, expert_target):
+    """MTT's normalised parameter distance: ``||theta_hat - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2``.
+
+    0 when the student lands on the expert's later checkpoint, 1 when it has not moved from
+    the start; the normaliser makes checkpoints late in training (where experts move little)
+    count as much as early ones. Shapes: three (P,) vectors.
+    """
+    return ops.sum(ops.square(student_end - expert_target)) / ops.maximum(
+        ops.sum(ops.square(expert_start - expert_target)), 1e-12)
+
+
+def student_trajectory(convnet: keras.Model, start, images, labels, learning_rate, steps: int):
+    """``steps`` SGD steps of ``convnet`` from the flat weights ``start`` on (images, labels), full batch.
+
+    Written with ``stateless_call`` on weight values and ``_util.input_gradient`` for each
+    step's gradient, so the end point stays differentiable w.r.t. ``images`` and
+    ``learning_rate``: the unrolled inner loop that trajectory matching backpropagates
+    through. Returns the flat weights after the last step, (P,).
+    """
+    steps = _util.positive_int("steps", steps)
+
+    def loss_of(flat):
+        fixed = [v.value for v in convnet.non_trainable_variables]
+        logits, _ = convnet.stateless_call(_unflatten(convnet, flat), fixed, images, training=True)
+        return _mean_cross_entropy(labels, logits)
+
+    theta = start
+    for _ in range(steps):
+        theta = theta - learning_rate * _util.input_gradient(loss_of, theta)
+    return theta
+
+
+def distill_trajectory_matching(synthetic: SyntheticSet, trajectories, iterations: int = 100,
+                                student_steps: int = 10, expert_segments: int = 2, max_start: int | None = None,
+                                learning_rate: float = 0.01, lr_learning_rate: float = 0.01,
+                                initial_student_lr: float = 0.01, convnet=None, clip=(-1.0, 1.0), seed: int = 0,
+                                progress=None) -> dict:
+    """Dataset distillation by matching training trajectories (Cazenavette et al. 2022).
+
+    Each iteration picks an expert (one array of ``trajectories``, from ``expert_trajectory``)
+    and a start checkpoint ``t <= max_start``; the student starts at ``theta*_t``, takes
+    ``student_steps`` full-batch SGD steps on the synthetic set with the learnable rate
+    ``student_lr``, and the synthetic images and ``log(student_lr)`` take an Adam step down
+    ``trajectory_matching_loss(theta_hat, theta*_t, theta*_{t+expert_segments})``: the
+    gradient flows back through every student step (second derivatives).
+
+    Args:
+        synthetic: the ``SyntheticSet`` to optimise (in place).
+        trajectories: a list of (checkpoints + 1, P) expert trajectories of ``convnet``'s architecture.
+        student_steps: N, the unrolled student steps (memory and time grow with it).
+        expert_segments: M, how many checkpoints ahead the target lies.
+        max_start: the latest start checkpoint (default: the last one that leaves M ahead).
+        learning_rate, lr_learning_rate: Adam's rates for the images and for log(student_lr).
+        initial_student_lr: where the learnable student rate starts.
+
+    Returns {"loss": [per iteration], "student_lr": [per iteration]}.
+    """
+    convnet = convnet or build_convnet(synthetic.image_shape, synthetic.num_classes)
+    trajectories = [np.asarray(t, "float32") for t in trajectories]
+    if not trajectories:
+        raise ValueError("give at least one expert trajectory.")
+    n_params = sum(int(np.prod(v.shape)) for v in convnet.trainable_variables)
+    if any(t.ndim != 2 or t.shape[1] != n_params for t in trajectories):
+        raise ValueError(f"each trajectory must be (checkpoints + 1, {n_params}) for this network, got "
+                         f"{[t.shape for t in trajectories]}.")
+    segments = _util.positive_int("expert_segments", expert_segments)
+    last = min(len(t) for t in trajectories) - 1 - segments
+    if last < 0:
+        raise ValueError(f"expert_segments={segments} needs trajectories of more than {segments} checkpoints.")
+    max_start = last if max_start is None else min(_util.positive_int("max_start", max_start, 0), last)
+    iterations = _util.positive_int("iterations", iterations)
+    student_steps = _util.positive_int("student_steps", student_steps)
+    log_lr = keras.Variable(np.log(_util.number("initial_student_lr", initial_student_lr, 0.0, low_open=True)),
+                            dtype="float32", name="log_student_lr")
+    image_opt = keras.optimizers.Adam(_util.number("learning_rate", learning_rate, 0.0))
+    lr_opt = keras.optimizers.Adam(_util.number("lr_learning_rate", lr_learning_rate, 0.0))
+    image_opt.build([synthetic.images])
+    lr_opt.build([log_lr])
+    labels = ops.convert_to_tensor(synthetic.labels)
+
+    def step(start, target):
+        def loss_fn():
+            end = student_trajectory(convnet, start, synthetic.images.value, labels, ops.exp(log_lr.value),
+                                     student_steps)
+            return trajectory_matching_loss(end, start, target)
+
+        # The outer gradient runs back through every student step, each itself a gradient.
+        loss, _, (g_images, g_lr) = _util.value_and_grad(loss_fn, [synthetic.images, log_lr])
+        image_opt.apply([g_images], [synthetic.images])
+        lr_opt.apply([g_lr], [log_lr])
+        if clip is not None:
+            synthetic.images.assign(ops.clip(synthetic.images, clip[0], clip[1]))
+        return loss
+
+    step = _util.compile_step(step, state=[synthetic.images, log_lr, *image_opt.variables, *lr_opt.variables])
+    rng = np.random.default_rng(seed)
+    losses, rates = [], []
+    with _util.Progress(iterations, enabled=progress, unit="iteration", label="trajectory matching") as bar:
+        for it in range(iterations):
+            expert = trajectories[int(rng.integers(len(trajectories)))]
+            t = int(rng.integers(max_start + 1))
+            losses.append(float(ops.convert_to_numpy(step(ops.convert_to_tensor(expert[t]),
+                                                          ops.convert_to_tensor(expert[t + segments])))))
+            rates.append(float(np.exp(ops.convert_to_numpy(log_lr))))
+            bar.update(it + 1, {"matching_loss": losses[-1]})
+    return {"loss": losses, "student_lr": rates}

@@ -302,3 +302,198 @@ def test_bad_arguments_give_clear_errors():
         model = syn.ContrastiveEncoder(SHAPE, width=4, depth=2)
         model.build()
         model.compute_loss(x, None)
+
+
+# ---------------------------------------------------------------------------
+# Augmentations
+
+
+def test_augment_keeps_shape_and_range_and_is_seeded():
+    x, _ = toy_data()
+    aug = syn.Augment(max_shift=2, flip=True, noise_std=0.0, fill_value=-1.0, seed=3)
+    a = ops.convert_to_numpy(aug(x, training=True))
+    b = ops.convert_to_numpy(syn.Augment(max_shift=2, flip=True, fill_value=-1.0, seed=3)(x, training=True))
+    c = ops.convert_to_numpy(aug(x, training=True))  # the next draw of the same layer
+    assert a.shape == x.shape
+    assert a.min() >= x.min() - 1e-6 and a.max() <= x.max() + 1e-6  # shifts and flips only move pixels
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    np.testing.assert_array_equal(ops.convert_to_numpy(aug(x, training=False)), x)
+
+
+def test_augment_shift_and_flip_move_pixels_as_stated():
+    img = np.full((1, 5, 5, 1), -1.0, "float32")
+    img[0, 1, 0, 0] = 1.0  # one bright pixel, row 1, column 0
+    flipped = ops.convert_to_numpy(syn.Augment(max_shift=0, flip=True, seed=0)(np.repeat(img, 64, 0)))
+    # Each copy is either unchanged or mirrored to column 4; both happen among 64 draws.
+    cols = {int(np.argwhere(f[..., 0] > 0)[0][1]) for f in flipped}
+    assert cols == {0, 4}
+    shifted = ops.convert_to_numpy(syn.Augment(max_shift=1, flip=False, seed=0)(np.repeat(img, 64, 0)))
+    for f in shifted:  # the pixel moves by at most one place, or out of the picture (then all background)
+        where = np.argwhere(f[..., 0] > 0)
+        assert len(where) <= 1 and (len(where) == 0 or (abs(where[0][0] - 1) <= 1 and where[0][1] <= 1))
+    noisy = ops.convert_to_numpy(syn.Augment(max_shift=0, flip=False, noise_std=0.5, seed=0)(img))
+    assert 0.1 < np.std(noisy - img) < 1.0
+
+
+def test_paired_views_and_grouped_order():
+    x, _ = toy_data()
+    views, groups = syn.paired_views(x, seed=0)
+    assert views.shape == (2 * len(x), *SHAPE)
+    np.testing.assert_array_equal(views[0::2], views[1::2])
+    np.testing.assert_array_equal(groups, np.repeat(np.arange(len(x)), 2))
+    g = np.repeat(np.arange(5), 3)[np.random.default_rng(0).permutation(15)]
+    order = syn.grouped_order(g, 3, seed=1)
+    assert sorted(order) == list(range(15))
+    assert all(len(set(g[order][i:i + 3])) == 1 for i in range(0, 15, 3))
+
+
+def test_contrastive_encoder_with_augmentation_round_trips(tmp_path):
+    x, _ = toy_data()
+    views, groups = syn.paired_views(x)
+    enc = syn.ContrastiveEncoder(SHAPE, width=4, depth=2, projection_dim=8,
+                                 augmentation={"max_shift": 1, "flip": True, "noise_std": 0.1, "seed": 0})
+    enc.build()
+    enc.compile(optimizer=keras.optimizers.Adam(1e-2))
+    enc.fit(views, groups, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    # Training views differ from the image, the representation does not use augmentation.
+    assert not np.allclose(ops.convert_to_numpy(enc(x, training=True)), ops.convert_to_numpy(enc(x)))
+    enc.save(tmp_path / "enc.keras")
+    back = keras.saving.load_model(tmp_path / "enc.keras")
+    assert back.augmentation == enc.augmentation
+    np.testing.assert_allclose(back.encode(x), enc.encode(x), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Performance matching: KIP
+
+
+def test_kernel_ridge_and_kip_loss_equal_scikit_learn():
+    from sklearn.kernel_ridge import KernelRidge
+
+    rng = np.random.default_rng(0)
+    f_s, f_t = rng.normal(size=(6, 5)).astype("float32"), rng.normal(size=(9, 5)).astype("float32")
+    y_s = syn.centred_one_hot([0, 1, 2, 0, 1, 2], 3)
+    y_t = syn.centred_one_hot(rng.integers(0, 3, 9), 3)
+    k_ss, k_ts = f_s @ f_s.T / 5, f_t @ f_s.T / 5
+    reg = 0.1
+    ridge = KernelRidge(alpha=reg * np.trace(k_ss) / 6, kernel="precomputed").fit(k_ss.astype("float64"), y_s)
+    expected = ridge.predict(k_ts.astype("float64"))
+    got = ops.convert_to_numpy(syn.kernel_ridge_predict(k_ts, k_ss, y_s, reg))
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+    loss = float(ops.convert_to_numpy(syn.kip_loss(f_t, y_t, f_s, y_s, reg)))
+    assert loss == pytest.approx(0.5 * np.mean(np.sum((expected - y_t) ** 2, axis=1)), rel=1e-3)
+
+
+def test_kip_loss_is_zero_when_the_support_is_the_target_without_regularisation():
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(4, 10)).astype("float32")  # 4 points in 10 dims: K is invertible
+    y = syn.centred_one_hot([0, 1, 0, 1], 2)
+    assert float(ops.convert_to_numpy(syn.kip_loss(f, y, f, y, 0.0))) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_kip_distillation_lowers_its_loss_and_changes_images():
+    x, y = toy_data(n_per_class=8)
+    s = syn.SyntheticSet(SHAPE, 3, 1, seed=0).initialize_from(x, y, seed=0)
+    start = s.numpy()[0].copy()
+    net = syn.build_convnet(SHAPE, 3, width=4, depth=2)
+    h = syn.distill_kip(s, x, y, iterations=25, real_per_class=8, learning_rate=0.05, convnet=net, progress=False,
+                        redraw_network=False)
+    assert h["loss"][-1] < h["loss"][0]
+    assert not np.allclose(s.numpy()[0], start)
+
+
+# ---------------------------------------------------------------------------
+# Parameter matching over many steps: MTT
+
+
+def test_trajectory_matching_loss_is_normalised():
+    rng = np.random.default_rng(0)
+    start, target = rng.normal(size=7).astype("float32"), rng.normal(size=7).astype("float32")
+    assert float(syn.trajectory_matching_loss(target, start, target)) == pytest.approx(0.0, abs=1e-7)
+    assert float(syn.trajectory_matching_loss(start, start, target)) == pytest.approx(1.0, rel=1e-6)
+    mid = 0.5 * (start + target)
+    assert float(syn.trajectory_matching_loss(mid, start, target)) == pytest.approx(0.25, rel=1e-5)
+
+
+def test_student_trajectory_equals_plain_sgd_and_matching_its_end_gives_zero():
+    x, y = toy_data()
+    net = syn.build_convnet(SHAPE, 3, width=4, depth=2)
+    syn.reinitialize(net, 0)
+    start = syn.flat_weights(net)
+    end = ops.convert_to_numpy(syn.student_trajectory(net, ops.convert_to_tensor(start), x, y, 0.1, steps=3))
+    weights = net.trainable_variables
+    for _ in range(3):  # the same three steps, by the ordinary gradient
+        _, _, grads = _util.value_and_grad(lambda: ops.mean(keras.losses.sparse_categorical_crossentropy(
+            y, net(x, training=True), from_logits=True)), weights)
+        for w, g in zip(weights, grads):
+            w.assign(w - 0.1 * g)
+    np.testing.assert_allclose(end, syn.flat_weights(net), atol=1e-4)
+    # The student reaches the expert's target exactly when the target is where it ends: loss 0.
+    assert float(syn.trajectory_matching_loss(end, start, end)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_trajectory_matching_gradient_reaches_images_and_learning_rate():
+    x, y = toy_data()
+    net = syn.build_convnet(SHAPE, 3, width=4, depth=2)
+    traj = syn.expert_trajectory(net, x, y, checkpoints=2, steps_per_checkpoint=3, learning_rate=0.1,
+                                 batch_size=6, seed=0)
+    assert traj.shape == (3, len(syn.flat_weights(net)))
+    assert not np.allclose(traj[0], traj[1])
+    images = keras.Variable(x[[0, 4, 8]])
+    log_lr = keras.Variable(np.log(0.05).astype("float32"))
+    labels = np.array([0, 1, 2], "int32")
+    start, target = ops.convert_to_tensor(traj[0]), ops.convert_to_tensor(traj[1])
+
+    def loss_fn():
+        end = syn.student_trajectory(net, start, images.value, labels, ops.exp(log_lr.value), steps=2)
+        return syn.trajectory_matching_loss(end, start, target)
+
+    _, _, (g_images, g_lr) = _util.value_and_grad(loss_fn, [images, log_lr])
+    assert np.abs(ops.convert_to_numpy(g_images)).max() > 0
+    assert np.isfinite(ops.convert_to_numpy(g_lr)) and abs(float(ops.convert_to_numpy(g_lr))) > 0
+
+
+def test_trajectory_matching_distillation_lowers_its_loss():
+    x, y = toy_data(n_per_class=8)
+    net = syn.build_convnet(SHAPE, 3, width=4, depth=2)
+    traj = syn.expert_trajectory(net, x, y, checkpoints=2, steps_per_checkpoint=5, learning_rate=0.1,
+                                 batch_size=12, seed=0)
+    s = syn.SyntheticSet(SHAPE, 3, 1, seed=0).initialize_from(x, y, seed=0)
+    h = syn.distill_trajectory_matching(s, [traj], iterations=15, student_steps=3, expert_segments=1, max_start=0,
+                                        learning_rate=0.05, lr_learning_rate=0.05, initial_student_lr=0.05,
+                                        convnet=net, progress=False)
+    assert h["loss"][-1] < h["loss"][0]
+    assert h["student_lr"][-1] != pytest.approx(0.05)
+
+
+def test_new_blocks_reject_bad_arguments():
+    x, y = toy_data()
+    net = syn.build_convnet(SHAPE, 3, width=4, depth=2)
+    s = syn.SyntheticSet(SHAPE, 3, 1)
+    with pytest.raises(ValueError, match="max_shift"):
+        syn.Augment(max_shift=-1)
+    with pytest.raises(ValueError, match="flip"):
+        syn.Augment(flip="yes")
+    with pytest.raises(ValueError, match="noise_std"):
+        syn.Augment(noise_std=-0.1)
+    with pytest.raises(ValueError, match="augmentation"):
+        syn.ContrastiveEncoder(SHAPE, augmentation="flip")
+    with pytest.raises(ValueError, match="group_size"):
+        syn.grouped_order([0, 0, 1], 2)
+    with pytest.raises(ValueError, match="regularization"):
+        syn.kernel_ridge_predict(np.eye(2, dtype="float32"), np.eye(2, dtype="float32"),
+                                 np.eye(2, dtype="float32"), -1.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        syn.distill_kip(s, x, y, iterations=1, learning_rate=-1.0, convnet=net)
+    with pytest.raises(ValueError, match="trajectory"):
+        syn.distill_trajectory_matching(s, [], convnet=net)
+    with pytest.raises(ValueError, match="checkpoints"):
+        syn.distill_trajectory_matching(s, [np.zeros((2, 5), "float32")], convnet=net)
+    traj = np.zeros((2, len(syn.flat_weights(net))), "float32")
+    with pytest.raises(ValueError, match="expert_segments"):
+        syn.distill_trajectory_matching(s, [traj], expert_segments=2, convnet=net)
+    with pytest.raises(ValueError, match="student_steps"):
+        syn.distill_trajectory_matching(s, [traj], student_steps=0, expert_segments=1, convnet=net)
+    with pytest.raises(ValueError, match="checkpoints"):
+        syn.expert_trajectory(net, x, y, checkpoints=0)
