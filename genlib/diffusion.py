@@ -125,7 +125,8 @@ def timestep_sequence(timesteps: int, steps: int) -> np.ndarray:
     timesteps, steps = positive_int("timesteps (T)", timesteps), positive_int("steps", steps)
     if steps > timesteps:
         raise ValueError(f"steps ({steps}) cannot exceed the schedule's T ({timesteps}).")
-    return np.unique(np.round(np.linspace(0, timesteps - 1, steps)).astype("int64"))[::-1]
+    # From T - 1 down: a single step must start at the noisiest index, not at 0.
+    return np.unique(np.round(np.linspace(timesteps - 1, 0, steps)).astype("int64"))[::-1]
 
 
 def predict_x0(schedule: NoiseSchedule, x_t, t: int, eps, clip=None):

@@ -153,6 +153,8 @@ def test_timestep_sequence():
     ts = dm.timestep_sequence(1000, 10)
     assert ts[0] == 999 and ts[-1] == 0 and len(ts) == 10 and np.all(np.diff(ts) < 0)
     np.testing.assert_array_equal(dm.timestep_sequence(20, 20), np.arange(20)[::-1])
+    # One step starts from pure noise at T - 1 (it used to be [0]: noise read as a nearly clean image).
+    np.testing.assert_array_equal(dm.timestep_sequence(500, 1), [499])
     with pytest.raises(ValueError, match="exceed"):
         dm.timestep_sequence(10, 11)
 
@@ -170,7 +172,8 @@ def test_ddim_recovers_single_point_with_oracle():
     x_T = np.random.default_rng(2).normal(size=(3, 8, 8, 1)).astype("float32")
     for steps in [1, 5, 50]:
         out = keras.ops.convert_to_numpy(dm.ddim_sample(oracle, s, x_T, steps=steps))
-        np.testing.assert_allclose(out, np.repeat(target, 3, 0), atol=1e-4)
+        # one step divides by the signal rate at T - 1 (1e-4 for this cosine): float32 round-off grows
+        np.testing.assert_allclose(out, np.repeat(target, 3, 0), atol=1e-4 if steps > 1 else 1e-2)
     # DDPM with the same oracle also ends at the point (every x0 prediction is x*).
     s_short = dm.NoiseSchedule("cosine", 50)
 
