@@ -266,8 +266,34 @@ def slerp(a, b, weights) -> np.ndarray:
 # The model
 
 
+class EMATraining:
+    """The training step shared by ``DiffusionModel`` and ``flow_matching.FlowMatchingModel``.
+
+    One optimizer step on the model's ``compute_loss`` (noise or velocity regression), then one
+    EMA update of ``ema_network`` towards ``network`` with the warm-up ``min(d, (1 + n) / (10 + n))``.
+    The model provides ``network``, ``ema_network``, ``ema_decay``, ``ema_updates`` and ``loss_tracker``.
+    """
+
+    def training_step(self, data):
+        """One optimizer step, then one EMA update (``fit`` runs it on every backend)."""
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        weights = self.trainable_variables
+        _, _, grads = _util.value_and_grad(lambda: self.compute_loss(x, y, training=True), weights)
+        self.optimizer.apply(grads, weights)
+        self.update_ema()
+        return {"loss": self.loss_tracker.result()}
+
+    def update_ema(self):
+        """One EMA update of ``ema_network`` towards ``network`` (called after every training step)."""
+        n = self.ema_updates
+        decay = ops.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
+        for e, w in zip(self.ema_network.weights, self.network.weights):
+            e.assign(decay * e + (1.0 - decay) * w)
+        n.assign(n + 1.0)
+
+
 @keras.saving.register_keras_serializable(package="genlib")
-class DiffusionModel(_util.TrainStepModel):
+class DiffusionModel(EMATraining, _util.TrainStepModel):
     """A DDPM: a UNet trained to predict the noise in ``x_t``, with an EMA copy for sampling.
 
     Training (``fit(images)`` or ``fit(images, labels)``, images in [-1, 1]): draw t uniformly
@@ -375,23 +401,6 @@ class DiffusionModel(_util.TrainStepModel):
         loss = ops.mean(ops.abs(error) if self.loss_name == "l1" else ops.square(error))
         self.loss_tracker.update_state(loss)
         return loss
-
-    def training_step(self, data):
-        """One optimizer step on the simple loss, then one EMA update (``fit`` runs it on every backend)."""
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        weights = self.trainable_variables
-        _, _, grads = _util.value_and_grad(lambda: self.compute_loss(x, y, training=True), weights)
-        self.optimizer.apply(grads, weights)
-        self.update_ema()
-        return {"loss": self.loss_tracker.result()}
-
-    def update_ema(self):
-        """One EMA update of ``ema_network`` towards ``network`` (called after every training step)."""
-        n = self.ema_updates
-        decay = ops.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
-        for e, w in zip(self.ema_network.weights, self.network.weights):
-            e.assign(decay * e + (1.0 - decay) * w)
-        n.assign(n + 1.0)
 
     # -- sampling ------------------------------------------------------------------
 

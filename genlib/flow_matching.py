@@ -31,6 +31,7 @@ from keras import ops
 
 from genlib import _util
 from genlib._util import positive_int
+from genlib.diffusion import EMATraining
 from genlib.unet import UNet
 
 TIME_SAMPLING = ("uniform", "logit_normal")
@@ -145,7 +146,7 @@ def ode_sample(v_fn, noise, steps: int = 16, solver: str = "euler", progress=Fal
 
 
 @keras.saving.register_keras_serializable(package="genlib")
-class FlowMatchingModel(_util.TrainStepModel):
+class FlowMatchingModel(EMATraining, _util.TrainStepModel):
     """Conditional flow matching on the linear path, with a U-Net velocity predictor and an EMA copy.
 
     Training (``fit(images)``, ``fit(images, labels)``, or ``fit({"x0": images, "noise": noise})``
@@ -270,23 +271,6 @@ class FlowMatchingModel(_util.TrainStepModel):
         loss = ops.mean(ops.square(v_pred - v))
         self.loss_tracker.update_state(loss)
         return loss
-
-    def training_step(self, data):
-        """One optimizer step on the flow-matching loss, then one EMA update (run by ``fit`` on every backend)."""
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        weights = self.trainable_variables
-        _, _, grads = _util.value_and_grad(lambda: self.compute_loss(x, y, training=True), weights)
-        self.optimizer.apply(grads, weights)
-        self.update_ema()
-        return {"loss": self.loss_tracker.result()}
-
-    def update_ema(self):
-        """One EMA update of ``ema_network`` towards ``network``."""
-        n = self.ema_updates
-        decay = ops.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
-        for e, w in zip(self.ema_network.weights, self.network.weights):
-            e.assign(decay * e + (1.0 - decay) * w)
-        n.assign(n + 1.0)
 
     # -- sampling ------------------------------------------------------------------
 
