@@ -1,5 +1,5 @@
-"""Tests of genlib.music: exact round trips of the encodings on real chorales, MIDI, audio, statistics,
-the corpus reader, n-gram and transformer likelihoods, the plagiarism check, MuseGAN.
+"""Tests of genlib.music, midi, music_metrics and musegan: exact round trips of the encodings on real
+chorales, MIDI, audio, statistics, the corpus reader, n-gram and transformer likelihoods, the plagiarism check, MuseGAN.
 
 Backend-neutral: run under TensorFlow, JAX and PyTorch. The corpus tests need ``music21`` (it holds the
 chorales) and are skipped without it.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from genlib import _util, music, plot, transformer
+from genlib import _util, midi, musegan, music, music_metrics, plot, transformer
 
 # A hand-written cadence in C major, I - V7 - I, no note repeated in a voice (voice, start, duration, pitch): S-A-T-B.
 CADENCE = np.array([
@@ -218,8 +218,8 @@ def test_load_chorales_caches_arrays(tmp_path, monkeypatch):
 
 def test_midi_round_trip_on_real_chorales(chorales):
     for notes in chorales.notes[:4]:
-        data = music.notes_to_midi(notes, bpm=90)
-        back, bpm = music.midi_to_notes(data)
+        data = midi.notes_to_midi(notes, bpm=90)
+        back, bpm = midi.midi_to_notes(data)
         np.testing.assert_array_equal(back, notes)
         assert bpm == pytest.approx(90, rel=1e-4)
 
@@ -229,7 +229,7 @@ def test_midi_reimports_in_music21(tmp_path, chorales):
     # (music21 10.5 misplaces what follows a note held over four bars, so take a chorale without one)
     notes = next(n for n in chorales.notes if n[:, music.DURATION].max() <= 16)
     path = tmp_path / "chorale.mid"
-    path.write_bytes(music.notes_to_midi(notes))
+    path.write_bytes(midi.notes_to_midi(notes))
     score = music21.converter.parse(str(path))
     found = sorted((int(round(n.offset * 4)), int(round(n.quarterLength * 4)), p.midi)
                    for part in score.parts for n in part.flatten().stripTies().notes for p in n.pitches)
@@ -238,24 +238,24 @@ def test_midi_reimports_in_music21(tmp_path, chorales):
 
 def test_midi_rejects_what_it_cannot_read():
     with pytest.raises(ValueError, match="MThd"):
-        music.midi_to_notes(b"RIFF....")
+        midi.midi_to_notes(b"RIFF....")
     with pytest.raises(ValueError, match="bpm"):
-        music.notes_to_midi(CADENCE, bpm=0)
+        midi.notes_to_midi(CADENCE, bpm=0)
 
 
 def test_audio_length_silence_and_pitch():
     rate, bpm = 8000, 60  # a quarter note lasts one second
-    wave = music.synthesize([[0, 0, 4, 69]], bpm=bpm, sample_rate=rate, length=12)
+    wave = midi.synthesize([[0, 0, 4, 69]], bpm=bpm, sample_rate=rate, length=12)
     assert wave.dtype == np.float32 and wave.shape == (3 * rate,)
     assert np.abs(wave[:rate]).max() > 0.05 and np.all(wave[rate:] == 0)  # the rest is exact silence
     spectrum = np.abs(np.fft.rfft(wave[:rate]))
     assert np.fft.rfftfreq(rate, 1 / rate)[spectrum.argmax()] == pytest.approx(440, abs=2)
-    rest_only = music.synthesize(np.zeros((0, 4), dtype=int), sample_rate=rate, bpm=bpm, length=8)
+    rest_only = midi.synthesize(np.zeros((0, 4), dtype=int), sample_rate=rate, bpm=bpm, length=8)
     assert rest_only.shape == (2 * rate,) and not rest_only.any()
-    loud = music.synthesize(music.transpose(CADENCE, 0), sample_rate=rate)
+    loud = midi.synthesize(music.transpose(CADENCE, 0), sample_rate=rate)
     assert np.abs(loud).max() <= 1.0
     with pytest.raises(ValueError, match="shorter"):
-        music.synthesize(CADENCE, length=4)
+        midi.synthesize(CADENCE, length=4)
 
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -263,55 +263,56 @@ def test_audio_length_silence_and_pitch():
 
 def test_statistics_of_a_scale_and_a_chord():
     c_major = [[0, 4 * i, 4, p] for i, p in enumerate((60, 62, 64, 65, 67, 69, 71, 72))]
-    root, ratio = music.key_and_in_key_ratio(c_major)
+    root, ratio = music_metrics.key_and_in_key_ratio(c_major)
     assert (root, ratio) == (0, 1.0)
     chromatic = [[0, 4 * i, 4, 60 + i] for i in range(12)]
-    assert music.key_and_in_key_ratio(chromatic)[1] == pytest.approx(7 / 12)
+    assert music_metrics.key_and_in_key_ratio(chromatic)[1] == pytest.approx(7 / 12)
     g_major = music.transpose(c_major, 7)
-    assert music.key_and_in_key_ratio(g_major)[0] == 7
-    np.testing.assert_allclose(music.key_aligned_histogram(g_major), music.key_aligned_histogram(c_major))
-    hist = music.pitch_class_histogram(c_major)
+    assert music_metrics.key_and_in_key_ratio(g_major)[0] == 7
+    np.testing.assert_allclose(music_metrics.key_aligned_histogram(g_major),
+                               music_metrics.key_aligned_histogram(c_major))
+    hist = music_metrics.pitch_class_histogram(c_major)
     assert hist[0] == pytest.approx(2 / 8) and hist[1] == 0 and hist.sum() == pytest.approx(1)
-    assert music.polyphony(CADENCE) == 4.0 and music.polyphony(c_major) == 1.0
-    assert music.voice_crossing_rate(CADENCE) == 0.0
+    assert music_metrics.polyphony(CADENCE) == 4.0 and music_metrics.polyphony(c_major) == 1.0
+    assert music_metrics.voice_crossing_rate(CADENCE) == 0.0
     crossed = [[0, 0, 4, 60], [1, 0, 4, 64], [0, 4, 4, 67], [1, 4, 4, 64]]  # the alto above the soprano, then not
-    assert music.voice_crossing_rate(crossed) == 0.5
-    np.testing.assert_allclose(music.duration_histogram(CADENCE)[[3, 5]], [8 / 12, 4 / 12])
+    assert music_metrics.voice_crossing_rate(crossed) == 0.5
+    np.testing.assert_allclose(music_metrics.duration_histogram(CADENCE)[[3, 5]], [8 / 12, 4 / 12])
 
 
 def test_parallel_fifths_and_octaves_are_counted():
     fifths = [[0, 0, 4, 67], [3, 0, 4, 48], [0, 4, 4, 69], [3, 4, 4, 50]]  # C-G to D-A: parallel fifths
-    assert music.parallel_perfect_intervals(fifths) == (1, 1)
+    assert music_metrics.parallel_perfect_intervals(fifths) == (1, 1)
     octaves = [[0, 0, 4, 72], [3, 0, 4, 48], [0, 4, 4, 74], [3, 4, 4, 50]]
-    assert music.parallel_perfect_intervals(octaves) == (1, 1)
+    assert music_metrics.parallel_perfect_intervals(octaves) == (1, 1)
     contrary = [[0, 0, 4, 72], [3, 0, 4, 48], [0, 4, 4, 71], [3, 4, 4, 55]]  # octave to a third
-    assert music.parallel_perfect_intervals(contrary) == (0, 1)
+    assert music_metrics.parallel_perfect_intervals(contrary) == (0, 1)
     oblique = [[0, 0, 8, 67], [3, 0, 4, 48], [3, 4, 4, 43]]  # one voice holds: no motion of the pair
-    assert music.parallel_perfect_intervals(oblique) == (0, 0)
+    assert music_metrics.parallel_perfect_intervals(oblique) == (0, 0)
 
 
 def test_musical_statistics_and_distances(chorales):
-    real = music.musical_statistics(chorales.notes)
+    real = music_metrics.musical_statistics(chorales.notes)
     assert real["in_key"] > 0.85 and real["crossing"] < 0.05 and real["polyphony"] > 3.5
-    assert music.histogram_distance(real["pitch_classes"], real["pitch_classes"]) == 0.0
-    noise = music.musical_statistics(music.random_notes(30, 128, seed=0), real)
+    assert music_metrics.histogram_distance(real["pitch_classes"], real["pitch_classes"]) == 0.0
+    noise = music_metrics.musical_statistics(music_metrics.random_notes(30, 128, seed=0), real)
     assert noise["in_key"] < real["in_key"] - 0.1
     assert noise["pitch_class_distance"] > 0.15 and noise["crossing"] > 0.1
     with pytest.raises(ValueError, match="empty"):
-        music.musical_statistics([np.zeros((0, 4), dtype=int)])
-    assert music.histogram_distance([1, 0], [0, 1]) == 1.0
+        music_metrics.musical_statistics([np.zeros((0, 4), dtype=int)])
+    assert music_metrics.histogram_distance([1, 0], [0, 1]) == 1.0
 
 
 def test_longest_shared_run_finds_copies(chorales):
     piece, others = chorales.notes[0], chorales.notes[1:]
-    assert music.longest_shared_run([piece], [piece])[0] == music.length_in_steps(piece)
+    assert music_metrics.longest_shared_run([piece], [piece])[0] == music.length_in_steps(piece)
     # a piece made of 20 steps of another chorale, transposed out of the way elsewhere
     source = others[2]
     grid = music.notes_to_grid(source)[:, 8:28]
     splice = np.concatenate([music.notes_to_grid(music.transpose(CADENCE, 1)), grid], axis=1)
-    found = music.longest_shared_run([music.grid_to_notes(splice)], others)[0]
+    found = music_metrics.longest_shared_run([music.grid_to_notes(splice)], others)[0]
     assert found >= 20
-    shared = music.longest_shared_run([music.transpose(CADENCE, 1)], others)[0]
+    shared = music_metrics.longest_shared_run([music.transpose(CADENCE, 1)], others)[0]
     assert shared < 16
 
 
@@ -323,25 +324,25 @@ def test_ngram_probabilities_are_normalised_and_unigram_is_smoothed_counts():
     V = 5
     train = [np.concatenate([[0], rng.integers(1, V, 30)]) for _ in range(4)]
     for order in (1, 2, 3):
-        model = music.NGramModel(order, vocab_size=V, concentration=0.7).fit(train)
+        model = music_metrics.NGramModel(order, vocab_size=V, concentration=0.7).fit(train)
         context = [0, 3, 2]
         total = sum(2.0 ** model.log2_probs([np.array(context + [w])])[-1] for w in range(V))
         assert total == pytest.approx(1.0)
     counts = np.bincount(np.concatenate([t[1:] for t in train]), minlength=V)
-    unigram = music.NGramModel(1, vocab_size=V, concentration=2.0).fit(train)
+    unigram = music_metrics.NGramModel(1, vocab_size=V, concentration=2.0).fit(train)
     p = (counts + 2.0 / V) / (counts.sum() + 2.0)
     seq = np.array([0, 1, 2, 4])
     np.testing.assert_allclose(unigram.log2_probs([seq]), np.log2(p[seq[1:]]))
     # one fit of a higher order holds every lower order's counts
-    trigram = music.NGramModel(3, vocab_size=V, concentration=0.5).fit(train)
-    bigram = music.NGramModel(2, vocab_size=V, concentration=1.5).fit(train)
+    trigram = music_metrics.NGramModel(3, vocab_size=V, concentration=0.5).fit(train)
+    bigram = music_metrics.NGramModel(2, vocab_size=V, concentration=1.5).fit(train)
     assert trigram.bits_per_token([seq], order=2, concentration=1.5) == pytest.approx(bigram.bits_per_token([seq]))
     with pytest.raises(ValueError, match="higher"):
         bigram.bits_per_token([seq], order=3)
     with pytest.raises(ValueError, match="fit"):
-        music.NGramModel(2).bits_per_token([seq])
+        music_metrics.NGramModel(2).bits_per_token([seq])
     with pytest.raises(ValueError, match="ids"):
-        music.NGramModel(2, vocab_size=V).fit([np.array([0, 7])])
+        music_metrics.NGramModel(2, vocab_size=V).fit([np.array([0, 7])])
 
 
 def _gpt(max_length=8, vocab=11, seed=0):
@@ -364,23 +365,23 @@ def test_bits_per_token_scores_every_token_once_with_the_right_context():
     rng = np.random.default_rng(1)
     short = [rng.integers(0, 11, n) for n in (3, 5, 9)]  # all fit into one window of 8
     expected = sum(_direct_bits(model, s) for s in short) / sum(len(s) - 1 for s in short)
-    assert music.bits_per_token(model, short) == pytest.approx(expected, rel=1e-5)
+    assert music_metrics.bits_per_token(model, short) == pytest.approx(expected, rel=1e-5)
     # A long sequence read with stride 8 (no overlap) is the sum over its consecutive windows.
     long = rng.integers(0, 11, 25)
     chunks = [long[i: i + 9] for i in range(0, 24, 8)]
     expected = sum(_direct_bits(model, c) for c in chunks) / 24
-    assert music.bits_per_token(model, [long], stride=8) == pytest.approx(expected, rel=1e-5)
+    assert music_metrics.bits_per_token(model, [long], stride=8) == pytest.approx(expected, rel=1e-5)
     # With overlap, more context can only be given, and the count of scored tokens is the same.
-    assert np.isfinite(music.bits_per_token(model, [long], stride=3))
+    assert np.isfinite(music_metrics.bits_per_token(model, [long], stride=3))
     with pytest.raises(ValueError, match="stride"):
-        music.bits_per_token(model, [long], stride=9)
+        music_metrics.bits_per_token(model, [long], stride=9)
 
 
 def test_decode_samples_reads_rows_up_to_eos():
     tokens = music.notes_to_tokens(CADENCE)
     rows = np.stack([np.pad(tokens, (0, 3), constant_values=music.note_token(0, 60)),
                      np.pad(tokens[:-1], (0, 4), constant_values=music.duration_token(2))])
-    pieces, errors = music.decode_samples(rows)
+    pieces, errors = music_metrics.decode_samples(rows)
     np.testing.assert_array_equal(pieces[0], CADENCE)  # what follows EOS is not read
     np.testing.assert_array_equal(pieces[1], CADENCE)
     assert errors == 4  # four stray durations
@@ -391,9 +392,9 @@ def test_decode_samples_reads_rows_up_to_eos():
 
 def _musegan(seed=0):
     keras.utils.set_random_seed(seed)
-    g = music.build_musegan_generator(z_dim=4, bars=2, steps_per_bar=8, num_pitches=16, filters=4)
-    d = music.build_musegan_critic(bars=2, steps_per_bar=8, num_pitches=16, filters=4)
-    return music.MuseGAN(g, d, n_critic=2, seed=seed)
+    g = musegan.build_musegan_generator(z_dim=4, bars=2, steps_per_bar=8, num_pitches=16, filters=4)
+    d = musegan.build_musegan_critic(bars=2, steps_per_bar=8, num_pitches=16, filters=4)
+    return musegan.MuseGAN(g, d, n_critic=2, seed=seed)
 
 
 def test_generator_shapes_and_one_note_per_track_and_step():
@@ -403,15 +404,15 @@ def test_generator_shapes_and_one_note_per_track_and_step():
     assert rolls.shape == (3, 2, 8, 16, 4)
     np.testing.assert_array_equal(rolls.sum(axis=3), np.ones((3, 2, 8, 4)))
     assert set(np.unique(rolls)) == {0.0, 1.0}
-    soft = music.build_musegan_generator(z_dim=4, bars=2, steps_per_bar=8, num_pitches=16, filters=4, hard=False)
+    soft = musegan.build_musegan_generator(z_dim=4, bars=2, steps_per_bar=8, num_pitches=16, filters=4, hard=False)
     probs = ops.convert_to_numpy(soft(z))
     np.testing.assert_allclose(probs.sum(axis=3), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="multiples of 4"):
-        music.build_musegan_generator(steps_per_bar=6)
+        musegan.build_musegan_generator(steps_per_bar=6)
 
 
 def test_straight_through_passes_the_softmax_gradient():
-    layer = music.StraightThroughOneHot(axis=-1)
+    layer = musegan.StraightThroughOneHot(axis=-1)
     p = ops.convert_to_tensor(np.array([[0.2, 0.5, 0.3]], "float32"))
     np.testing.assert_array_equal(ops.convert_to_numpy(layer(p)), [[0, 1, 0]])
 
@@ -459,14 +460,14 @@ def test_musegan_trains_and_round_trips_through_keras_files(tmp_path):
     path = tmp_path / "musegan.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, music.MuseGAN)
+    assert isinstance(loaded, musegan.MuseGAN)
     np.testing.assert_array_equal(loaded.generate(3, seed=1), model.generate(3, seed=1))
 
 
 def test_roll_windows_and_batches_keep_voices_in_range(chorales):
-    windows = music.roll_windows(chorales, bars=2)
+    windows = musegan.roll_windows(chorales, bars=2)
     assert windows.ndim == 3 and windows.shape[1:] == (32, 4) and (windows >= 0).all()
-    batches = music.RollBatches(windows, bars=2, batch_size=16, num_batches=3, seed=0)
+    batches = musegan.RollBatches(windows, bars=2, batch_size=16, num_batches=3, seed=0)
     assert len(batches) == 3
     for rolls in (batches[0], batches[2]):
         assert rolls.shape == (16, 2, 16, 48, 4)
@@ -474,16 +475,16 @@ def test_roll_windows_and_batches_keep_voices_in_range(chorales):
             pitches = piece.argmax(axis=-1) + music.ROLL_LOWEST
             lo, hi = music.VOICE_RANGES[v]
             assert pitches.min() >= lo and pitches.max() <= hi
-    np.testing.assert_array_equal(batches[1], music.RollBatches(windows, 2, 16, 3, seed=0)[1])
+    np.testing.assert_array_equal(batches[1], musegan.RollBatches(windows, 2, 16, 3, seed=0)[1])
 
 
 def test_split_latents_layer_round_trips():
-    layer = music.SplitLatents(3)
+    layer = musegan.SplitLatents(3)
     parts = layer(np.arange(12, dtype="float32").reshape(2, 6))
     assert len(parts) == 3 and tuple(parts[0].shape) == (2, 2)
-    assert music.SplitLatents.from_config(layer.get_config()).parts == 3
+    assert musegan.SplitLatents.from_config(layer.get_config()).parts == 3
     with pytest.raises(ValueError, match="parts"):
-        music.SplitLatents(0)
+        musegan.SplitLatents(0)
 
 
 # -- the piano-roll figure --------------------------------------------------------------------------
