@@ -334,13 +334,16 @@ def static_output() -> bool:
 def fit_verbose():
     """The ``verbose`` for ``fit``/``predict`` in a chapter (``genlib.training.verbose``).
 
-    0 under the ``smoke`` profile (CI), 2 (one line per epoch) in a built page, else 1 (a live bar).
+    1 (a live bar) in a terminal, Jupyter or Colab; 0 under the ``smoke`` profile (CI) and in a
+    built page (``static_output()``), where Keras' per-epoch lines (two per epoch, sixty for a
+    30-epoch prior) would bury the figures: the page shows training through its curves, and
+    ``training.fit_or_load_timed`` prints one line with the training time.
     """
     from genlib import profiles
 
-    if profiles.active() == "smoke":
+    if profiles.active() == "smoke" or static_output():
         return 0
-    return 2 if static_output() else 1
+    return 1
 
 
 class Progress:

@@ -148,6 +148,16 @@ def test_progress_leaves_one_line_in_a_built_page(capsys, monkeypatch):
     assert lines == [lines[0]] and lines[0].startswith("sampling: 500/500 steps")
 
 
+def test_fit_is_silent_in_a_built_page_and_live_interactively(monkeypatch):
+    monkeypatch.setenv("GENLIB_PROFILE", "cpu")
+    monkeypatch.setenv("GENLIB_STATIC_OUTPUT", "1")
+    assert _util.fit_verbose() == 0  # no per-epoch lines between a page's figures
+    monkeypatch.delenv("GENLIB_STATIC_OUTPUT")
+    assert _util.fit_verbose() == 1  # a live bar in Jupyter, Colab, a terminal
+    monkeypatch.setenv("GENLIB_PROFILE", "smoke")
+    assert _util.fit_verbose() == 0
+
+
 def test_progress_is_quiet_under_smoke_unless_asked(capsys, monkeypatch):
     monkeypatch.setenv("GENLIB_PROFILE", "smoke")
     monkeypatch.delenv("GENLIB_STATIC_OUTPUT", raising=False)
