@@ -10,8 +10,11 @@ from pathlib import Path
 import keras
 
 from genlib import profiles
+
+# For loops a chapter writes by hand: backend-neutral gradients and a progress bar. They live in _util,
+# the one module that may name a backend; chapters reach them here.
+from genlib._util import Progress, input_gradient, number, value_and_grad  # noqa: F401
 from genlib._util import fit_verbose as verbose  # noqa: F401  (what chapters pass to fit)
-from genlib._util import number
 
 
 def seed_everything(seed: int = 0) -> None:
