@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from genlib import environments as envs
 from genlib import vae
 from genlib import world_model as wm
 
@@ -190,15 +191,15 @@ def test_evaluate_dream_is_seeded():
 def test_rollouts_are_seeded_and_real_evaluation_runs():
     pytest.importorskip("gymnasium")
     pytest.importorskip("pygame")
-    a = wm.collect_rollouts("CartPole-v1", 2, seed=7, size=(16, 32), max_steps=15, progress=False)
-    b = wm.collect_rollouts("CartPole-v1", 2, seed=7, size=(16, 32), max_steps=15, progress=False)
+    a = envs.collect_rollouts("CartPole-v1", 2, seed=7, size=(16, 32), max_steps=15, progress=False)
+    b = envs.collect_rollouts("CartPole-v1", 2, seed=7, size=(16, 32), max_steps=15, progress=False)
     for key in ("frames", "actions", "rewards", "terminated"):
         for x, y in zip(a[key], b[key]):
             np.testing.assert_array_equal(x, y)
     frames = a["frames"][0]
     assert frames.shape[1:] == (16, 32, 1) and frames.dtype == np.float32 and 0 <= frames.min() <= frames.max() <= 1
     assert len(frames) == len(a["actions"][0]) + 1 and a["actions"][0].shape[1] == 2
-    c = wm.collect_rollouts("CartPole-v1", 2, seed=8, size=(16, 32), max_steps=15, progress=False)
+    c = envs.collect_rollouts("CartPole-v1", 2, seed=8, size=(16, 32), max_steps=15, progress=False)
     assert not all(np.array_equal(x, y) for x, y in zip(a["actions"], c["actions"]))
 
     keras.utils.set_random_seed(0)
@@ -237,7 +238,7 @@ def test_build_vision_starts_at_the_mean_intensity_and_dreams_decode():
 
 def test_area_resize_averages_cells():
     img = np.arange(16, dtype="float32").reshape(4, 4)
-    np.testing.assert_allclose(wm.area_resize(img, 2, 2), [[2.5, 4.5], [10.5, 12.5]])
+    np.testing.assert_allclose(envs.area_resize(img, 2, 2), [[2.5, 4.5], [10.5, 12.5]])
 
 
 def test_bad_arguments_give_clear_errors(monkeypatch):
@@ -257,11 +258,11 @@ def test_bad_arguments_give_clear_errors(monkeypatch):
     with pytest.raises(ValueError, match="popsize"):
         wm.cma_es(lambda p: p[:, 0], 3, popsize=1)
     with pytest.raises(ValueError, match="size"):
-        wm.frame_size((32, 0))
+        envs.frame_size((32, 0))
     with pytest.raises(ValueError, match="initial_z"):
         wm.evaluate_dream(_memory(), np.zeros((1, 12)), np.zeros((2, 5)))
     with pytest.raises(ValueError, match="package"):
-        wm.require("numpy")
+        envs.require("numpy")
     monkeypatch.setitem(sys.modules, "cma", None)  # as if cma were not installed
     with pytest.raises(ImportError, match=r"pip install .*cma"):
-        wm.require("cma")
+        envs.require("cma")
