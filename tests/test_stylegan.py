@@ -1,6 +1,7 @@
-"""Tests of genlib.stylegan: demodulation, AdaIN, the mapping network's average and truncation, style mixing,
-noise inputs, minibatch std, spectral normalisation, self-attention, R1, the training step (lazy R1, EMA),
-generate, saving and bad arguments. Backend-neutral: they run under TensorFlow, JAX and PyTorch."""
+"""Tests of genlib.stylegan, style_layers and discriminators: demodulation, AdaIN, the mapping network's
+average and truncation, style mixing, noise inputs, minibatch std, spectral normalisation, self-attention,
+R1, the training step (lazy R1, EMA), generate, saving and bad arguments. Backend-neutral: they run under
+TensorFlow, JAX and PyTorch."""
 
 import functools
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from genlib import stylegan, training
+from genlib import discriminators, style_layers, stylegan, training
 
 
 def _np(x):
@@ -29,7 +30,7 @@ def _tiny_model(seed=0, sagan=False, **kwargs):
     mapping = stylegan.MappingNetwork(z_dim=8, w_dim=8, depth=2)
     synthesis = stylegan.SynthesisNetwork(channels=(16, 8), w_dim=8, seed=seed)
     options = {"attention_resolution": 8, "spectral_norm": True} if sagan else {}
-    discriminator = stylegan.build_discriminator((8, 8, 1), channels=(8, 8), mbstd_group=2, **options)
+    discriminator = discriminators.build_discriminator((8, 8, 1), channels=(8, 8), mbstd_group=2, **options)
     return stylegan.StyleGAN(mapping, synthesis, discriminator, seed=seed, **kwargs)
 
 
@@ -50,7 +51,7 @@ def _images(n=32, seed=1):
 
 def test_demodulated_conv_gives_unit_variance_per_output_channel():
     keras.utils.set_random_seed(0)
-    layer = stylegan.ModulatedConv2D(6, kernel_size=3)
+    layer = style_layers.ModulatedConv2D(6, kernel_size=3)
     x = _rng(0).normal(size=(64, 24, 24, 5)).astype("float32")  # unit variance, independent pixels
     w = _rng(1).normal(size=(64, 8)).astype("float32")
     layer(x[:1], w[:1])
@@ -63,7 +64,7 @@ def test_demodulated_conv_gives_unit_variance_per_output_channel():
     np.testing.assert_allclose(per_image_channel, 1.0, atol=0.4)  # worst of 20 seeds: 0.3
     np.testing.assert_allclose(per_image_channel.mean(axis=0), 1.0, atol=0.05)  # worst of 20 seeds: 0.025
     # Without demodulation the variance follows the styles (here far from 1).
-    plain = stylegan.ModulatedConv2D(6, kernel_size=3, demodulate=False)
+    plain = style_layers.ModulatedConv2D(6, kernel_size=3, demodulate=False)
     plain(x[:1], w[:1])
     plain.affine.kernel.assign(layer.affine.kernel)
     plain.kernel.assign(layer.kernel)
@@ -71,7 +72,7 @@ def test_demodulated_conv_gives_unit_variance_per_output_channel():
 
 
 def test_modulated_conv_equals_a_convolution_with_per_image_modulated_weights():
-    layer = stylegan.ModulatedConv2D(3, kernel_size=3)
+    layer = style_layers.ModulatedConv2D(3, kernel_size=3)
     x = _rng(3).normal(size=(2, 5, 5, 4)).astype("float32")
     w = _rng(4).normal(size=(2, 6)).astype("float32")
     y = _np(layer(x, w))
@@ -88,10 +89,10 @@ def test_adain_sets_each_channels_mean_and_std_to_the_style():
     x = (_rng(5).normal(size=(3, 6, 6, 4)) * 5 + 2).astype("float32")
     scale = _rng(6).uniform(0.5, 2.0, size=(3, 4)).astype("float32")
     bias = _rng(7).normal(size=(3, 4)).astype("float32")
-    y = _np(stylegan.adain(x, scale, bias))
+    y = _np(style_layers.adain(x, scale, bias))
     np.testing.assert_allclose(y.mean(axis=(1, 2)), bias, atol=1e-5)
     np.testing.assert_allclose(y.std(axis=(1, 2)), scale, rtol=1e-4)
-    layer = stylegan.AdaIN()
+    layer = style_layers.AdaIN()
     out = _np(layer(x, _rng(8).normal(size=(3, 5)).astype("float32")))
     assert out.shape == x.shape
 
@@ -179,7 +180,7 @@ def test_skip_outputs_add_up_to_the_image():
     assert [r.shape[1] for r in rgbs] == [4, 8, 16]
     total = rgbs[0]
     for rgb in rgbs[1:]:
-        total = stylegan.upsample2x(total) + rgb
+        total = style_layers.upsample2x(total) + rgb
     np.testing.assert_allclose(_np(image), _np(total), rtol=1e-5, atol=1e-6)
 
 
@@ -189,7 +190,7 @@ def test_skip_outputs_add_up_to_the_image():
 
 def test_minibatch_std_matches_numpy():
     x = _rng(18).normal(size=(8, 2, 2, 3)).astype("float32")
-    y = _np(stylegan.MinibatchStdDev(4)(x))
+    y = _np(discriminators.MinibatchStdDev(4)(x))
     assert y.shape == (8, 2, 2, 4)
     np.testing.assert_array_equal(y[..., :3], x)
     groups = x.reshape(4, 2, 2, 2, 3)  # image i in group i % 2
@@ -201,20 +202,20 @@ def test_minibatch_std_matches_numpy():
 def test_minibatch_std_sees_a_collapsed_batch():
     varied = _rng(19).normal(size=(4, 2, 2, 3)).astype("float32")
     collapsed = np.repeat(varied[:1], 4, axis=0)
-    assert float(_np(stylegan.MinibatchStdDev(4)(collapsed))[0, 0, 0, 3]) < 1e-3
-    assert float(_np(stylegan.MinibatchStdDev(4)(varied))[0, 0, 0, 3]) > 0.3
+    assert float(_np(discriminators.MinibatchStdDev(4)(collapsed))[0, 0, 0, 3]) < 1e-3
+    assert float(_np(discriminators.MinibatchStdDev(4)(varied))[0, 0, 0, 3]) > 0.3
 
 
 def test_power_iteration_converges_to_the_largest_singular_value():
     matrix = _rng(20).normal(size=(12, 7)).astype("float32")
     u = _rng(21).normal(size=(7,)).astype("float32")
-    sigma, _ = stylegan.power_iteration(matrix, u, iterations=50)
+    sigma, _ = discriminators.power_iteration(matrix, u, iterations=50)
     np.testing.assert_allclose(float(sigma), np.linalg.svd(matrix, compute_uv=False)[0], rtol=1e-4)
 
 
 def test_spectral_conv_kernel_has_unit_spectral_norm_after_training_calls():
     keras.utils.set_random_seed(0)
-    layer = stylegan.SpectralConv2D(5, 3)
+    layer = discriminators.SpectralConv2D(5, 3)
     x = _rng(22).normal(size=(2, 6, 6, 4)).astype("float32")
     for _ in range(30):  # one power-iteration step per training call, u kept between calls
         layer(x, training=True)
@@ -223,7 +224,7 @@ def test_spectral_conv_kernel_has_unit_spectral_norm_after_training_calls():
 
 
 def test_self_attention_starts_as_the_identity_and_attends_with_rows_summing_to_one():
-    layer = stylegan.SelfAttention(key_ratio=4)
+    layer = discriminators.SelfAttention(key_ratio=4)
     x = _rng(23).normal(size=(2, 4, 4, 8)).astype("float32")
     np.testing.assert_allclose(_np(layer(x)), x, atol=1e-6)  # gamma = 0
     attention = _np(layer.attention(x))
@@ -231,13 +232,13 @@ def test_self_attention_starts_as_the_identity_and_attends_with_rows_summing_to_
     np.testing.assert_allclose(attention.sum(-1), 1.0, rtol=1e-5)
     layer.gamma.assign(1.0)
     assert np.abs(_np(layer(x)) - x).max() > 1e-3
-    spectral = stylegan.SelfAttention(key_ratio=4, spectral_norm=True)
+    spectral = discriminators.SelfAttention(key_ratio=4, spectral_norm=True)
     assert _np(spectral(x)).shape == x.shape
 
 
 @pytest.mark.parametrize("options", [{}, {"attention_resolution": 8, "spectral_norm": True}])
 def test_discriminator_shapes(options):
-    d = stylegan.build_discriminator((8, 8, 1), channels=(4, 8), **options)
+    d = discriminators.build_discriminator((8, 8, 1), channels=(4, 8), **options)
     assert tuple(d.output.shape) == (None, 1)
     assert _np(d(_rng(24).normal(size=(4, 8, 8, 1)).astype("float32"))).shape == (4, 1)
     names = [layer.name for layer in d.layers]
@@ -253,12 +254,12 @@ def test_r1_of_a_quadratic_discriminator_is_its_known_gradient_norm():
     d = keras.Model(x_in, ops.sum(3.0 * x_in**2, axis=(1, 2, 3))[:, None])  # grad = 6 x
     real = _rng(25).normal(size=(5, 2, 2, 1)).astype("float32")
     expected = np.mean(np.sum((6 * real.reshape(5, -1)) ** 2, axis=1))
-    np.testing.assert_allclose(float(_np(stylegan.r1_penalty(d, real))), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(_np(discriminators.r1_penalty(d, real))), expected, rtol=1e-5)
 
 
 def test_r1_of_a_network_matches_finite_differences():
     keras.utils.set_random_seed(0)
-    d = stylegan.build_discriminator((8, 8, 1), channels=(4, 4), mbstd_group=0)  # each image scored alone
+    d = discriminators.build_discriminator((8, 8, 1), channels=(4, 4), mbstd_group=0)  # each image scored alone
     real = _images(3, seed=26).astype("float64")
     eps = 1e-3
     steps = np.eye(64).reshape(64, 8, 8, 1) * eps  # one pixel moved at a time
@@ -266,7 +267,7 @@ def test_r1_of_a_network_matches_finite_differences():
     minus = (real[:, None] - steps[None]).reshape(-1, 8, 8, 1).astype("float32")
     grads = (_np(d(plus)) - _np(d(minus))).reshape(3, 64) / (2 * eps)  # central differences
     expected = np.mean(np.sum(grads**2, axis=1))
-    np.testing.assert_allclose(float(_np(stylegan.r1_penalty(d, real.astype("float32")))), expected, rtol=0.02)
+    np.testing.assert_allclose(float(_np(discriminators.r1_penalty(d, real.astype("float32")))), expected, rtol=0.02)
 
 
 # ---------------------------------------------------------------------------
@@ -316,7 +317,7 @@ def test_r1_is_computed_on_every_interval_th_step_only():
     model = _tiny_model(r1_gamma=2.0, r1_interval=2)
     model.compile(d_optimizer=keras.optimizers.SGD(0.0), g_optimizer=keras.optimizers.SGD(0.0))
     real = ops.convert_to_tensor(_images(8))
-    expected = float(_np(stylegan.r1_penalty(model.discriminator, real)))
+    expected = float(_np(discriminators.r1_penalty(model.discriminator, real)))
     seen = []
     for _ in range(3):  # steps 0, 1, 2: R1 at 0 and 2 (a zero learning rate keeps D fixed)
         _, r1, did, _, _ = model.discriminator_step(real)
@@ -357,7 +358,7 @@ def test_wall_clock_budget_stops_fit(trained):
 
 
 def test_blocks_round_trip(tmp_path):
-    d = stylegan.build_discriminator((8, 8, 1), channels=(8, 8), attention_resolution=8, spectral_norm=True)
+    d = discriminators.build_discriminator((8, 8, 1), channels=(8, 8), attention_resolution=8, spectral_norm=True)
     x = _images(4)
     d(x, training=True)
     d.save(tmp_path / "d.keras")
@@ -385,7 +386,7 @@ def test_slerp_keeps_the_ends_and_the_norm_of_equal_norm_vectors():
 
 
 def test_equalized_dense_runs_he_initialised_weights_at_the_chosen_learning_rate():
-    layer = stylegan.EqualizedDense(256, lr_multiplier=0.01)
+    layer = style_layers.EqualizedDense(256, lr_multiplier=0.01)
     x = _rng(28).normal(size=(512, 400)).astype("float32")
     y = _np(layer(x))
     np.testing.assert_allclose(y.std(), 1.0, atol=0.05)  # N(0, 1/lr^2) stored, lr/sqrt(fan_in) at run time
@@ -393,24 +394,24 @@ def test_equalized_dense_runs_he_initialised_weights_at_the_chosen_learning_rate
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: stylegan.ModulatedConv2D(4, kernel_size=2), "odd"),
-    (lambda: stylegan.EqualizedConv2D(0), "filters"),
+    (lambda: style_layers.ModulatedConv2D(4, kernel_size=2), "odd"),
+    (lambda: style_layers.EqualizedConv2D(0), "filters"),
     (lambda: stylegan.MappingNetwork(w_avg_beta=1.0), "w_avg_beta"),
     (lambda: stylegan.SynthesisNetwork(channels=()), "channels"),
     (lambda: stylegan.SynthesisNetwork(channels=8), "channels"),
-    (lambda: stylegan.build_discriminator((12, 12, 1)), "power of two"),
-    (lambda: stylegan.build_discriminator((16, 16, 1), channels=(8, 8)), "one number per resolution"),
-    (lambda: stylegan.build_discriminator((16, 16, 1), channels=(8, 8, 8), attention_resolution=4),
+    (lambda: discriminators.build_discriminator((12, 12, 1)), "power of two"),
+    (lambda: discriminators.build_discriminator((16, 16, 1), channels=(8, 8)), "one number per resolution"),
+    (lambda: discriminators.build_discriminator((16, 16, 1), channels=(8, 8, 8), attention_resolution=4),
      "attention_resolution"),
-    (lambda: stylegan.EqualizedDense(4, activation="relu"), "activation"),
+    (lambda: style_layers.EqualizedDense(4, activation="relu"), "activation"),
     (lambda: stylegan.path_length(_untrained(), 4, space="x"), "space"),
     (lambda: _untrained().generate(0), "n must be"),
     (lambda: _untrained().generate(2, truncation_psi="a"), "truncation_psi"),
     (lambda: _tiny_model(style_mixing=1.5), "style_mixing"),
     (lambda: stylegan.StyleGAN(stylegan.MappingNetwork(w_dim=4), stylegan.SynthesisNetwork(w_dim=8),
-                               stylegan.build_discriminator()), "w_dim|w of"),
+                               discriminators.build_discriminator()), "w_dim|w of"),
     (lambda: stylegan.StyleGAN(stylegan.MappingNetwork(w_dim=8), stylegan.SynthesisNetwork((8, 8), w_dim=8),
-                               stylegan.build_discriminator()), "discriminator takes"),
+                               discriminators.build_discriminator()), "discriminator takes"),
 ])
 def test_bad_arguments_say_what_was_expected(call, match):
     with pytest.raises(ValueError, match=match):
