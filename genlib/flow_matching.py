@@ -14,9 +14,9 @@ at t = 1 to the data distribution at t = 0. Sampling integrates it from t = 1 do
 * ``sample_time``: training times, uniform or logit-normal (Esser et al. 2024, SD3).
 * ``time_grid``, ``euler_step``, ``heun_step``, ``ode_sample``: ODE solvers for any velocity
   field ``v_fn(x, t) -> v`` (a network, or an exact field in the tests) and any step count.
-* ``FlowMatchingModel``: trains ``UNet`` with ``fit``, keeps an EMA copy, optional labels or
-  condition vectors with a null label (classifier-free guidance, as ``genlib.diffusion``),
-  and ``generate``s with either solver.
+* ``FlowMatchingModel``: trains ``UNet`` with ``fit``, keeps an EMA copy, optional labels,
+  condition vectors or token sequences read by cross-attention, each with a null condition
+  (classifier-free guidance, as ``genlib.diffusion``), and ``generate``s with either solver.
 * ``reflow_pairs``: (noise, sample) pairs from a trained model, to straighten it by training
   on them again (one rectification round, Liu et al. 2023).
 """
@@ -162,7 +162,9 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
         image_shape: (H, W, C) of the data (images, or an autoencoder's latents).
         widths, blocks_per_level, attention, groups: the U-Net's size (see ``genlib.unet.UNet``).
         num_classes: class count for conditioning, or None; condition_dim: size of condition
-            vectors used in place of labels (null: the zero vector), or None.
+            vectors used in place of labels (null: the zero vector), or None; context_dim: size of
+            the tokens of a sequence read by cross-attention, given as labels = (context (batch, L,
+            context_dim), mask (batch, L)) (null: all padding), or None; context_heads: its heads.
         time_sampling: ``"uniform"`` or ``"logit_normal"`` (see ``sample_time``).
         logit_mean, logit_std: the logit-normal's location and scale.
         ema_decay: the EMA's decay d in [0, 1); label_dropout: probability in [0, 1].
@@ -176,7 +178,8 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
     def __init__(self, image_shape=(16, 16, 1), widths=(32, 64), blocks_per_level: int = 1, attention: bool = True,
                  num_classes: int | None = None, condition_dim: int | None = None, time_sampling: str = "uniform",
                  logit_mean: float = 0.0, logit_std: float = 1.0, ema_decay: float = 0.999,
-                 label_dropout: float = 0.1, groups: int = 8, clip=(-1.0, 1.0), seed=None, **kwargs):
+                 label_dropout: float = 0.1, groups: int = 8, clip=(-1.0, 1.0), seed=None,
+                 context_dim: int | None = None, context_heads: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.image_shape = _util.shape("image_shape (H, W, C)", image_shape, rank=3)
         self.time_sampling = _util.choice("time_sampling", time_sampling, TIME_SAMPLING)
@@ -191,11 +194,12 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
         self.clip, self.seed = clip, seed
         net = dict(widths=tuple(widths), blocks_per_level=blocks_per_level, attention=attention,
                    num_classes=num_classes, image_channels=self.image_shape[-1], groups=groups,
-                   condition_dim=condition_dim)
+                   condition_dim=condition_dim, context_dim=context_dim, context_heads=context_heads)
         self.network = UNet(**net, name="network")
         self.ema_network = UNet(**net, name="ema_network")
         self.ema_network.trainable = False  # moved by update_ema, never by the optimizer
         self.num_classes, self.condition_dim = self.network.num_classes, self.network.condition_dim
+        self.context_dim = self.network.context_dim
         self.noise_seed = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self._v_fns = {}
@@ -203,6 +207,11 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
     @property
     def metrics(self):
         return [self.loss_tracker]
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model takes labels, condition vectors or a context (any of them)."""
+        return self.num_classes is not None or self.condition_dim is not None or self.context_dim is not None
 
     def build(self, input_shape=None):
         shape = (None, *self.image_shape)
@@ -225,7 +234,8 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
                 raise ValueError(f"a dict input needs 'x0' (and optionally 'noise', 'labels'), got {sorted(inputs)}.")
             x0, noise, labels = inputs["x0"], inputs.get("noise"), inputs.get("labels")
         elif isinstance(inputs, (tuple, list)):
-            x0, labels = inputs[0], inputs[1]
+            # (x0, labels), or (x0, context, mask) = (x0, (context, mask)) for a cross-attention model
+            x0, labels = inputs[0], (inputs[1] if len(inputs) == 2 else tuple(inputs[1:]))
         else:
             x0, labels = inputs, None
         if tuple(x0.shape[1:]) != self.image_shape:
@@ -233,8 +243,9 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
                              f"got {tuple(x0.shape)}.")
         if noise is not None and tuple(noise.shape[1:]) != self.image_shape:
             raise ValueError(f"noise must be shaped like the images, got {tuple(noise.shape)}.")
-        if labels is not None and self.num_classes is None and self.condition_dim is None:
-            raise ValueError("labels given, but the model was built without num_classes or condition_dim.")
+        if labels is not None and not self.conditional:
+            raise ValueError("labels given, but the model was built without num_classes, condition_dim or "
+                             "context_dim.")
         return ops.convert_to_tensor(x0, "float32"), noise, labels
 
     def call(self, inputs, training=False):
@@ -252,10 +263,7 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
         x_t = interpolate(x0, noise, t)
         if labels is not None and training and self.label_dropout > 0:
             drop = keras.random.uniform((batch,), seed=self.noise_seed) < self.label_dropout
-            if self.condition_dim is not None:
-                labels = ops.where(ops.expand_dims(drop, -1), 0.0, ops.cast(labels, "float32"))
-            else:
-                labels = ops.where(drop, self.num_classes, ops.cast(labels, "int32"))
+            labels = self.network.drop_condition(labels, drop)
         return self.network(x_t, TIME_SCALE * t, labels), velocity_target(x0, noise)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -284,20 +292,22 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
         """
         net = self.ema_network if use_ema else self.network
         time = TIME_SCALE * ops.cast(t, "float32")
+        if labels is not None and not self.conditional:
+            raise ValueError("labels given, but the model was built without num_classes, condition_dim or "
+                             "context_dim.")
         if labels is None or guidance == 0:
-            if labels is not None and self.num_classes is None and self.condition_dim is None:
-                raise ValueError("labels given, but the model was built without num_classes or condition_dim.")
             return net(x_t, time)
-        if self.num_classes is None and self.condition_dim is None:
-            raise ValueError("labels given, but the model was built without num_classes or condition_dim.")
         if guidance == 1:
             return net(x_t, time, labels)
-        if self.condition_dim is not None:
+        null = net.null_condition(labels)
+        if self.context_dim is not None:
+            labels = (ops.cast(labels[0], "float32"), ops.cast(labels[1], "bool"))
+        elif self.condition_dim is not None:
             labels = ops.cast(labels, "float32")
-            null = ops.zeros_like(labels)
         else:
-            labels, null = ops.cast(labels, "int32"), ops.full(ops.shape(labels), self.num_classes, dtype="int32")
-        both = net(ops.concatenate([x_t, x_t]), ops.concatenate([time, time]), ops.concatenate([labels, null]))
+            labels = ops.cast(labels, "int32")
+        both_labels = keras.tree.map_structure(lambda a, b: ops.concatenate([a, b]), labels, null)
+        both = net(ops.concatenate([x_t, x_t]), ops.concatenate([time, time]), both_labels)
         v_c, v_u = both[: ops.shape(x_t)[0]], both[ops.shape(x_t)[0]:]
         return v_u + guidance * (v_c - v_u)
 
@@ -317,7 +327,8 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
             progress: a progress bar over the network calls (None: shown except under smoke).
             steps: ODE solver steps (Heun makes two network calls per step).
             solver: ``"euler"`` or ``"heun"``.
-            labels: (n,) class labels, (n, condition_dim) conditions, or None (unconditional).
+            labels: (n,) class labels, (n, condition_dim) conditions, a pair (context (n, L, context_dim),
+                mask (n, L)) for a cross-attention model, or None (unconditional).
             guidance: classifier-free guidance weight (see ``predict_velocity``).
             noise: starting points x_1 (n, H, W, C); drawn from ``seed`` when None.
             use_ema: sample with the EMA weights (default) or the trained ones.
@@ -334,7 +345,9 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
         outs = []
         with _util.Progress(calls, enabled=progress, label=f"{solver} sampling") as bar:
             for start in range(0, len(noise), batch_size):
-                yb = None if labels is None else ops.convert_to_tensor(labels[start: start + batch_size])
+                rows = slice(start, start + batch_size)
+                yb = None if labels is None else keras.tree.map_structure(
+                    lambda a, rows=rows: ops.convert_to_tensor(a[rows]), labels)
                 x = ode_sample(lambda x, t, y=yb: v_fn(x, t, y), noise[start: start + batch_size], steps, solver)
                 out = ops.convert_to_numpy(x)
                 outs.append(out if self.clip is None else np.clip(out, *self.clip))
@@ -345,7 +358,7 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
                    guidance: float = 1.0, noise=None, use_ema: bool = True):
         """The whole ODE path for a few samples: (x_0 (n, H, W, C), x at every grid time (steps + 1, n, ...))."""
         noise, labels, v_fn = self._prepare(n, seed, labels, guidance, noise, use_ema, False, steps, solver, 1)
-        yb = None if labels is None else ops.convert_to_tensor(labels)
+        yb = None if labels is None else keras.tree.map_structure(ops.convert_to_tensor, labels)
         x0, xs = ode_sample(lambda x, t: v_fn(x, t, yb), noise, positive_int("steps", steps), solver,
                             return_trajectory=True)
         x0 = ops.convert_to_numpy(x0)
@@ -366,16 +379,20 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
             raise ValueError(f"noise must have shape (n, {', '.join(map(str, self.image_shape))}), "
                              f"got {noise.shape}.")
         if labels is not None:
-            if self.num_classes is None and self.condition_dim is None:
-                raise ValueError("labels given, but the model was built without num_classes or condition_dim.")
-            if self.condition_dim is not None:
+            if not self.conditional:
+                raise ValueError("labels given, but the model was built without num_classes, condition_dim or "
+                                 "context_dim.")
+            if self.context_dim is not None:
+                labels = self._check_context(labels)
+            elif self.condition_dim is not None:
                 labels = np.asarray(labels, "float32")
                 if labels.ndim != 2 or labels.shape[1] != self.condition_dim:
                     raise ValueError(f"conditions must be shaped (n, {self.condition_dim}), got {labels.shape}.")
             else:
                 labels = np.asarray(labels, "int32").reshape(-1)
-            if len(labels) != len(noise):
-                raise ValueError(f"{len(noise)} starting points but {len(labels)} labels.")
+            if len(labels[0] if self.context_dim is not None else labels) != len(noise):
+                raise ValueError(f"{len(noise)} starting points but "
+                                 f"{len(labels[0] if self.context_dim is not None else labels)} labels.")
         v_fn = lambda x, t, y: self.predict_velocity(x, t, y, guidance, use_ema)  # noqa: E731
         calls = steps * (2 if solver == "heun" else 1) * math.ceil(len(noise) / batch_size)
         if compile or (compile is None and calls >= 25):
@@ -386,13 +403,24 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
             v_fn = self._v_fns[key]
         return noise, labels, v_fn
 
+    def _check_context(self, labels):
+        if not isinstance(labels, (tuple, list)) or len(labels) != 2:
+            raise ValueError(f"a model with context_dim takes labels = (context (n, L, {self.context_dim}), "
+                             f"mask (n, L)), got {type(labels).__name__}.")
+        context, mask = np.asarray(labels[0], "float32"), np.asarray(labels[1]).astype(bool)
+        if context.ndim != 3 or context.shape[-1] != self.context_dim or mask.shape != context.shape[:2]:
+            raise ValueError(f"context must be (n, L, {self.context_dim}) and mask (n, L), got {context.shape} "
+                             f"and {mask.shape}.")
+        return context, mask
+
     def get_config(self):
         return {**super().get_config(), "image_shape": list(self.image_shape), "widths": list(self.network.widths),
                 "blocks_per_level": self.network.blocks_per_level, "attention": self.network.attention,
                 "num_classes": self.num_classes, "condition_dim": self.condition_dim,
                 "time_sampling": self.time_sampling, "logit_mean": self.logit_mean, "logit_std": self.logit_std,
                 "ema_decay": self.ema_decay, "label_dropout": self.label_dropout, "groups": self.network.groups,
-                "clip": None if self.clip is None else list(self.clip), "seed": self.seed}
+                "clip": None if self.clip is None else list(self.clip), "seed": self.seed,
+                "context_dim": self.context_dim, "context_heads": self.network.context_heads}
 
 
 def reflow_pairs(model: FlowMatchingModel, n: int, *, steps: int = 32, solver: str = "heun", seed=None,

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from genlib import data, distributions, profiles
+from genlib import _util, data, distributions, profiles
 
 CLASSIFIER_VERSION = 1
 FEATURE_LAYER = "features"
@@ -198,8 +198,8 @@ def domain_classifier(profile: str | None = None, verbose: int | str = "auto") -
         model = keras.saving.load_model(path)
         info = json.loads(info_path.read_text())
     else:
-        if verbose == "auto":
-            verbose = 0 if profile == "smoke" else 2
+        if verbose == "auto":  # as every fit in a chapter: silent in CI and in a built page, else a live bar
+            verbose = 0 if profile == "smoke" else _util.fit_verbose()
         model, info = _train_classifier(settings, verbose)
         tmp = path.with_suffix(".tmp.keras")
         model.save(tmp)
@@ -410,6 +410,31 @@ def conditional_accuracy(samples, labels, value_range=None, classifier: DomainCl
         raise ValueError(f"{len(samples)} samples but {len(labels)} labels.")
     classifier = classifier or domain_classifier()
     return float(np.mean(classifier.predict(samples, value_range) == labels))
+
+
+def clip_score(model, images, text_embeddings, batch_size: int = 500) -> np.ndarray:
+    """CLIP score: cosine between each image's embedding and its prompt's unit text embedding. Returns (N,).
+
+    ``model`` is a dual encoder (``genlib.multimodal.DualEncoder``: anything with
+    ``encode_images(images) -> (B, D)`` unit vectors); ``text_embeddings`` (N, D) are unit vectors
+    of the prompts, row i for image i (``genlib.multimodal.embed_text``). Images in the encoder's
+    value range. Hessel et al.'s CLIPScore is ``2.5 max(cos, 0)`` with OpenAI's CLIP; the book
+    reports the plain cosine from its own dual encoder, whose real image-caption pairs set the scale.
+    """
+    from keras import ops
+
+    from genlib._util import positive_int
+
+    images = np.asarray(images, "float32")
+    batch_size = positive_int("batch_size", batch_size)
+    if not callable(getattr(model, "encode_images", None)):
+        raise ValueError(f"clip_score needs a dual encoder with encode_images, got {type(model).__name__}.")
+    u = np.concatenate([ops.convert_to_numpy(model.encode_images(images[i: i + batch_size]))
+                        for i in range(0, len(images), batch_size)])
+    v = np.asarray(text_embeddings, "float32")
+    if v.shape != u.shape:
+        raise ValueError(f"need one text embedding per image: images give {u.shape}, texts {v.shape}.")
+    return np.sum(u * v, axis=1)
 
 
 def nearest_neighbours(samples, train, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:

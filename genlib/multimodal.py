@@ -3,15 +3,19 @@
 Chapter 12 (chapters/12_multimodal.ipynb).
 
 * ``TextEncoder``: word ids -> one vector per caption, a small transformer (genlib.transformer
-  blocks) read out at the end-of-caption token.
+  blocks) read out at the end-of-caption token; ``TextEncoder.tokens`` gives the per-token
+  outputs and their padding mask instead (what cross-attention reads).
 * ``ImageEncoder``: a small strided CNN, image -> one vector.
 * ``DualEncoder``: both encoders with linear projections into a shared space of unit vectors,
   trained with ``fit`` on the symmetric contrastive (InfoNCE) loss with a learnable temperature.
 * ``similarity_logits``, ``info_nce``: the loss written out (the tests compare it with a direct sum).
 * ``zero_shot_classify``, ``recall_at_k``: using the trained space without retraining.
-* Text-to-image: ``genlib.diffusion.DiffusionModel`` with ``condition_dim`` set takes the frozen
-  text embeddings as its condition vectors; ``text_to_image`` calls its ``generate`` with
-  classifier-free guidance, and ``clip_score`` measures how well an image matches its prompt.
+* Text-to-image: ``genlib.diffusion.DiffusionModel`` or ``genlib.flow_matching.FlowMatchingModel``
+  with ``condition_dim`` set takes the frozen (pooled) text embeddings as condition vectors; with
+  ``context_dim`` it reads the frozen per-token features (``embed_tokens``) by cross-attention, and
+  ``genlib.latent.LatentGenerator`` runs either in an autoencoder's latent space. ``text_to_image``
+  calls ``generate`` with classifier-free guidance; ``genlib.metrics.clip_score`` measures how well
+  an image matches its prompt.
 
 Shapes: B batch, L caption length (tokens), D_model encoder width, D shared embedding size.
 """
@@ -72,13 +76,30 @@ class TextEncoder(keras.layers.Layer):
 
     def call(self, ids, training=None):
         ids = ops.cast(ids, "int32")
-        h = self.embedding(ids)
-        for block in self.blocks:
-            h = block(h, training=training)
-        h = self.norm(h)
+        h = self._hidden(ids, training)
         # Position of the first EOS (argmax of a boolean row finds the first True).
         eos = ops.argmax(ops.cast(ops.equal(ids, self.eos_id), "int32"), axis=-1)
         return ops.sum(h * ops.expand_dims(ops.one_hot(eos, ops.shape(ids)[1]), -1), axis=1)
+
+    def _hidden(self, ids, training=None):
+        h = self.embedding(ids)
+        for block in self.blocks:
+            h = block(h, training=training)
+        return self.norm(h)
+
+    def tokens(self, ids, training=None):
+        """Per-token features and their mask: ``(h (B, L, width), mask (B, L) bool)``.
+
+        ``h`` is the last block's (normalised) output at every position, what Stable Diffusion's
+        cross-attention reads from CLIP's text encoder. ``mask`` is True for the words and the
+        first EOS, False for the padding after it: a padded position carries no information,
+        and cross-attention must not read it.
+        """
+        ids = ops.cast(ids, "int32")
+        is_eos = ops.cast(ops.equal(ids, self.eos_id), "int32")
+        # EOS tokens strictly before each position: 0 up to and including the first EOS.
+        before = ops.cumsum(is_eos, axis=-1) - is_eos
+        return self._hidden(ids, training), ops.logical_and(ops.equal(before, 0), ops.not_equal(ids, 0))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.width)
@@ -205,6 +226,10 @@ class DualEncoder(keras.Model):
         """Token ids (B, L) -> unit vectors (B, D)."""
         return l2_normalize(self.text_projection(self.text_encoder(ids, training=training)))
 
+    def encode_tokens(self, ids, training=None):
+        """Token ids (B, L) -> per-token features (B, L, text_width) and mask (B, L): ``TextEncoder.tokens``."""
+        return self.text_encoder.tokens(ids, training=training)
+
     def call(self, inputs, training=None):
         if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
             raise ValueError("DualEncoder expects inputs (images, token_ids).")
@@ -297,13 +322,17 @@ def recall_at_k(similarity, k: int = 1) -> float:
     return float(np.mean(rank < k))
 
 
-def clip_score(model: DualEncoder, images, text_embeddings, batch_size: int = 500) -> np.ndarray:
-    """Cosine between each image's embedding and its prompt's (N, D) unit text embedding. Returns (N,)."""
-    u = embed_images(model, images, batch_size)
-    v = np.asarray(text_embeddings, "float32")
-    if v.shape != u.shape:
-        raise ValueError(f"need one text embedding per image: images give {u.shape}, texts {v.shape}.")
-    return np.sum(u * v, axis=1)
+def embed_tokens(model: DualEncoder, ids, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token text features (N, L, text_width) and their mask (N, L) bool, as NumPy, in batches.
+
+    The context a cross-attention text-to-image model reads (``UNet(context_dim=text_width)``).
+    """
+    ids = np.asarray(ids, "int32")
+    if ids.ndim != 2:
+        raise ValueError(f"ids must be (N, L) token ids, got shape {ids.shape}.")
+    parts = [model.encode_tokens(ids[i: i + batch_size]) for i in range(0, len(ids), batch_size)]
+    return (np.concatenate([keras.ops.convert_to_numpy(h) for h, _ in parts]),
+            np.concatenate([keras.ops.convert_to_numpy(m) for _, m in parts]).astype(bool))
 
 
 def text_to_image(diffusion_model, text_embeddings, guidance: float = 3.0, steps: int = 20, seed=None,

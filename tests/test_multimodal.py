@@ -6,6 +6,7 @@ import pytest
 from keras import ops
 
 from genlib import diffusion as dm
+from genlib import metrics
 from genlib import multimodal as mm
 from genlib.unet import UNet
 
@@ -112,6 +113,40 @@ def test_text_encoder_reads_eos_and_ignores_padding():
     assert np.abs(keras.ops.convert_to_numpy(enc(changed)) - out).max() > 1e-4
 
 
+def test_token_features_and_mask():
+    """Per-token features: the mask keeps the words and the first EOS; the EOS row is the pooled read-out."""
+    model = _dual()
+    _, ids = _batch()
+    h, mask = mm.embed_tokens(model, ids, batch_size=4)
+    assert h.shape == (6, 8, 16) and mask.shape == (6, 8) and mask.dtype == bool
+    for i in range(6):
+        eos = int(np.argmax(ids[i] == 1))
+        np.testing.assert_array_equal(mask[i], np.arange(8) <= eos)
+        # The caption vector is the EOS position's feature, projected and normalised.
+        pooled = keras.ops.convert_to_numpy(model.text_encoder(ids[i: i + 1]))[0]
+        np.testing.assert_allclose(h[i, eos], pooled, atol=1e-5)
+    noisy = ids.copy()
+    noisy[mask == 0] = 7  # garbage in the padding: the unmasked features do not change (causal attention)
+    h2, mask2 = mm.embed_tokens(model, noisy)
+    np.testing.assert_array_equal(mask2[:, :3], mask[:, :3])
+    np.testing.assert_allclose(h2[mask], h[mask], atol=1e-5)
+
+
+def test_clip_score_is_higher_for_matched_than_shuffled_pairs():
+    model = _dual()
+    images, ids = _batch(16, seed=3)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    v0 = mm.embed_text(model, ids)
+    untrained_gap = metrics.clip_score(model, images, v0).mean() - metrics.clip_score(
+        model, images, v0[np.roll(np.arange(16), 1)]).mean()
+    model.fit((images, ids), epochs=30, batch_size=16, verbose=0)
+    v = mm.embed_text(model, ids)
+    matched = metrics.clip_score(model, images, v)
+    shuffled = metrics.clip_score(model, images, v[np.roll(np.arange(16), 1)])
+    assert matched.shape == (16,) and np.all(np.abs(matched) <= 1 + 1e-5)
+    assert matched.mean() > shuffled.mean() + 0.3 > untrained_gap + 0.2, (matched.mean(), shuffled.mean())
+
+
 def test_dual_encoder_outputs_unit_vectors_and_learns():
     model = _dual()
     images, ids = _batch(16, seed=1)
@@ -136,7 +171,7 @@ def test_zero_shot_classify_shapes_and_ensembles():
     np.testing.assert_array_equal(ensemble, np.argmax(u @ mean.T, axis=1))
     with pytest.raises(ValueError, match="prompt_ids"):
         mm.zero_shot_classify(model, images, ids[0])
-    scores = mm.clip_score(model, images, v)
+    scores = metrics.clip_score(model, images, v)
     np.testing.assert_allclose(scores, np.sum(u * v, axis=1), atol=1e-5)
 
 
@@ -255,7 +290,7 @@ def test_text_diffusion_round_trip(tmp_path, text_diffusion):
 
 
 def test_text_diffusion_bad_arguments(text_diffusion):
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="at most one"):
         UNet(widths=(8,), groups=4, num_classes=3, condition_dim=4)
     with pytest.raises(ValueError, match="condition_dim must be an int >= 1"):
         UNet(widths=(8,), groups=4, condition_dim=0)
@@ -267,5 +302,9 @@ def test_text_diffusion_bad_arguments(text_diffusion):
     with pytest.raises(ValueError, match="condition_dim"):
         mm.text_to_image(plain, np.zeros((2, 6), "float32"))
     with pytest.raises(ValueError, match="one text embedding per image"):
-        mm.clip_score(_dual(), np.zeros((2, 16, 16, 1), "float32"), np.zeros((3, 16), "float32"))
+        metrics.clip_score(_dual(), np.zeros((2, 16, 16, 1), "float32"), np.zeros((3, 16), "float32"))
+    with pytest.raises(ValueError, match="encode_images"):
+        metrics.clip_score(object(), np.zeros((2, 16, 16, 1), "float32"), np.zeros((2, 16), "float32"))
+    with pytest.raises(ValueError, match="ids must be"):
+        mm.embed_tokens(_dual(), np.zeros(8, "int32"))
     assert ops.shape(mm.l2_normalize(np.ones((2, 3), "float32"))) == (2, 3)
