@@ -1,13 +1,14 @@
-"""Tests of genlib.synthetic: matching distances, distillation loops, the evaluation protocol, contrastive loss.
+"""Tests of genlib.synthetic: the ConvNet, k-centre selection, the evaluation protocol, contrastive learning.
 
 Backend-neutral: they run under TensorFlow, JAX and PyTorch."""
+
+import itertools
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from genlib import _util
 from genlib import synthetic as syn
 
 SHAPE = (8, 8, 1)
@@ -21,154 +22,9 @@ def toy_data(n_per_class=4, num_classes=3, seed=0):
     return np.clip(x, -1, 1).astype("float32"), y.astype("int32")
 
 
-def class_gradients(net, x, c):
-    weights = [w for w in net.trainable_weights if len(w.shape) >= 2]
-
-    def loss():
-        logits = net(x, training=True)
-        return ops.mean(keras.losses.sparse_categorical_crossentropy(np.full(len(x), c), logits, from_logits=True))
-
-    return _util.value_and_grad(loss, weights)[2]
-
 
 # ---------------------------------------------------------------------------
-# Distances
-
-
-def test_gradient_matching_distance_zero_for_identical_batches_positive_otherwise():
-    net = syn.build_convnet(SHAPE, num_classes=3, width=4, depth=2)
-    x, _ = toy_data()
-    g_a = class_gradients(net, x[:4], 0)
-    g_same = class_gradients(net, x[:4].copy(), 0)
-    g_other = class_gradients(net, x[4:8], 0)
-    assert float(syn.gradient_matching_distance(g_a, g_same)) == pytest.approx(0.0, abs=1e-4)
-    assert float(syn.gradient_matching_distance(g_a, g_other)) > 1e-2
-
-
-def test_gradient_matching_distance_is_per_output_one_minus_cosine():
-    rng = np.random.default_rng(1)
-    a, b = rng.normal(size=(3, 3, 2, 5)), rng.normal(size=(3, 3, 2, 5))
-    bias = rng.normal(size=(5,))
-    ra, rb = a.reshape(-1, 5).T, b.reshape(-1, 5).T
-    expected = np.sum(1 - np.sum(ra * rb, 1) / (np.linalg.norm(ra, axis=1) * np.linalg.norm(rb, axis=1)))
-    got = float(syn.gradient_matching_distance([a.astype("float32"), bias], [b.astype("float32"), -bias]))
-    assert got == pytest.approx(expected, rel=1e-4)  # the bias (a vector) is skipped
-    # A positive rescaling of one output's gradient does not change the distance.
-    scaled = a.copy()
-    scaled[..., 2] *= 7.0
-    assert float(syn.gradient_matching_distance([a.astype("float32")], [scaled.astype("float32")])) == \
-        pytest.approx(0.0, abs=1e-4)
-
-
-def test_weight_gradients_equal_the_plain_gradients():
-    net = syn.build_convnet(SHAPE, num_classes=3, width=4, depth=2)
-    x, _ = toy_data()
-    labels = np.zeros(4, "int32")
-
-    def loss():
-        logits = net(x[:4], training=True)
-        return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-
-    expected = _util.value_and_grad(loss, net.trainable_variables)[2]
-    got = syn.weight_gradients(net, ops.convert_to_tensor(x[:4]), ops.convert_to_tensor(labels))
-    assert len(got) == len(expected)
-    for g, e in zip(got, expected):
-        np.testing.assert_allclose(ops.convert_to_numpy(g), ops.convert_to_numpy(e), rtol=1e-4, atol=1e-6)
-
-
-def test_weight_gradients_can_be_differentiated_again():
-    # Gradient matching's second derivative, checked by central differences on a smooth network
-    # (a ReLU ConvNet's weight gradients jump where a unit switches, so differences mean little there).
-    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(2)])
-    labels = ops.convert_to_tensor(np.array([0, 1, 1], "int32"))
-    x = np.random.default_rng(4).normal(size=(3, 3)).astype("float32")
-
-    def f(images):  # a smooth function of the images through their weight gradients
-        return sum(ops.sum(ops.square(g)) for g in syn.weight_gradients(net, images, labels))
-
-    analytic = ops.convert_to_numpy(_util.input_gradient(f, ops.convert_to_tensor(x)))
-    direction = np.random.default_rng(5).normal(size=x.shape).astype("float32")
-    h = 1e-2
-    value = lambda z: float(ops.convert_to_numpy(f(ops.convert_to_tensor(z.astype("float32")))))  # noqa: E731
-    numeric = (value(x + h * direction) - value(x - h * direction)) / (2 * h)
-    assert abs(numeric) > 1e-3
-    assert float(np.sum(analytic * direction)) == pytest.approx(numeric, rel=0.02)
-
-
-def test_class_match_returns_the_distance_and_its_image_gradient():
-    net = syn.build_convnet(SHAPE, num_classes=3, width=4, depth=2)
-    class_match, _ = syn.gradient_matching_functions(net, 0.01)
-    x, _ = toy_data()
-    c = ops.convert_to_tensor(0, "int32")
-    loss, grad = class_match(ops.convert_to_tensor(x[:4]), ops.convert_to_tensor(x[4:6]), c)
-    expected = float(syn.gradient_matching_distance(class_gradients(net, x[:4], 0), class_gradients(net, x[4:6], 0)))
-    assert float(ops.convert_to_numpy(loss)) == pytest.approx(expected, rel=1e-4)
-    grad = ops.convert_to_numpy(grad)
-    assert grad.shape == x[4:6].shape and np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
-
-
-def test_distribution_matching_distance_is_squared_difference_of_means():
-    rng = np.random.default_rng(2)
-    real, fake = rng.normal(size=(7, 3, 2)), rng.normal(size=(4, 3, 2))
-    expected = np.sum((real.reshape(7, -1).mean(0) - fake.reshape(4, -1).mean(0)) ** 2)
-    assert float(syn.distribution_matching_distance(real, fake)) == pytest.approx(expected, rel=1e-5)
-    real2, fake2 = rng.normal(size=(7, 5)), rng.normal(size=(4, 5))
-    both = float(syn.distribution_matching_distance([real, real2], [fake, fake2]))
-    assert both == pytest.approx(expected + np.sum((real2.mean(0) - fake2.mean(0)) ** 2), rel=1e-5)
-    assert float(syn.distribution_matching_distance(real, real[::-1])) == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="as many"):
-        syn.distribution_matching_distance([real], [fake, fake])
-
-
-# ---------------------------------------------------------------------------
-# Distillation
-
-
-@pytest.mark.parametrize("method", ["gradient", "distribution", "distribution_multi"])
-def test_distillation_reduces_the_matching_loss_on_a_tiny_problem(method):
-    x, y = toy_data(n_per_class=4)
-    synthetic = syn.SyntheticSet(SHAPE, num_classes=3, images_per_class=1, seed=0)
-    net = syn.build_convnet(SHAPE, num_classes=3, width=4, depth=2)
-    syn.reinitialize(net, seed=0)
-    # A fixed network and every real image in each batch: a deterministic loss that must fall.
-    common = dict(iterations=15, real_per_class=4, convnet=net, redraw_network=False, clip=None)
-    if method == "gradient":
-        history = syn.distill_gradient_matching(synthetic, x, y, learning_rate=0.05, **common)
-    else:
-        history = syn.distill_distribution_matching(synthetic, x, y, learning_rate=0.5,
-                                                    multi_layer=method == "distribution_multi", **common)
-    losses = history["loss"]
-    assert len(losses) == 15 and np.all(np.isfinite(losses))
-    assert losses[-1] < 0.8 * losses[0], losses
-
-
-def test_gradient_matching_inner_loop_trains_the_network():
-    x, y = toy_data(n_per_class=4)
-    synthetic = syn.SyntheticSet(SHAPE, num_classes=3, images_per_class=2, seed=0).initialize_from(x, y)
-    net = syn.build_convnet(SHAPE, num_classes=3, width=4, depth=2)
-    syn.reinitialize(net, seed=0)
-    before = [w.numpy().copy() for w in net.trainable_weights]
-    syn.distill_gradient_matching(synthetic, x, y, iterations=1, real_per_class=2, matches_per_network=2,
-                                  network_steps=2, convnet=net, redraw_network=False)
-    assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, net.trainable_weights))
-
-
-def test_synthetic_set_initialisation_labels_and_round_trip(tmp_path):
-    x, y = toy_data(n_per_class=4)
-    synthetic = syn.SyntheticSet(SHAPE, num_classes=3, images_per_class=2, seed=0).initialize_from(x, y, seed=1)
-    images, labels = synthetic.numpy()
-    assert images.shape == (6, *SHAPE) and list(labels) == [0, 0, 1, 1, 2, 2]
-    for img, lab in zip(images, labels):  # each image is a real image of its own class
-        assert any(np.array_equal(img, xr) for xr in x[y == lab])
-    idx = keras.Input((), dtype="int32")
-    model = keras.Model(idx, synthetic(idx))
-    path = tmp_path / "set.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    query = np.array([5, 0, 3], dtype="int32")
-    np.testing.assert_array_equal(loaded.predict(query, verbose=0), model.predict(query, verbose=0))
-    np.testing.assert_array_equal(model.predict(query, verbose=0), images[query])
-
+# The network
 
 def test_reinitialize_is_seeded_and_changes_weights():
     net = syn.build_convnet(SHAPE, num_classes=3, width=4, depth=2)
@@ -181,9 +37,57 @@ def test_reinitialize_is_seeded_and_changes_weights():
         np.testing.assert_array_equal(a, w.numpy())
 
 
+
+# ---------------------------------------------------------------------------
+# k-centre selection
+
+def test_k_center_picks_the_known_farthest_points():
+    # Class 0 on a line: mean 3.2, so the first centre is 3; then 10 (7 away), then 0 (3 away from 3).
+    # Class 1 in the plane: first the point nearest its mean (the origin), then the corners by distance.
+    line = [[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [10.0, 0.0]]
+    plane = [[0.0, 0.0], [0.1, 0.1], [-5.0, 0.0], [0.0, 4.0], [3.0, -2.0], [0.2, 0.0]]
+    features = np.array(line + plane)
+    labels = np.array([0] * 5 + [1] * 6)
+    picks = syn.k_center_indices(features, labels, per_class=3)
+    np.testing.assert_array_equal(picks, [3, 4, 0, 5, 7, 8])
+    assert list(syn.k_center_indices(features, labels, per_class=1)) == [3, 5]
+
+
+def covering_radius(f, chosen):
+    """The largest distance from a row of ``f`` to its nearest chosen row."""
+    return np.sqrt(((f[:, None] - f[list(chosen)][None]) ** 2).sum(-1)).min(1).max()
+
+
+def test_k_center_is_class_balanced_and_within_twice_the_best_radius():
+    rng = np.random.default_rng(0)
+    features, labels = rng.normal(size=(30, 3)), np.repeat(np.arange(3), 10)
+    k = 3
+    picks = syn.k_center_indices(features, labels, per_class=k)
+    assert len(set(picks)) == 9 and list(labels[picks]) == [0] * k + [1] * k + [2] * k
+    for c in range(3):  # the greedy covering radius is at most twice the optimum (brute force)
+        f = features[labels == c]
+        chosen = np.flatnonzero(np.isin(np.flatnonzero(labels == c), picks[c * k:(c + 1) * k]))
+        best = min(covering_radius(f, s) for s in itertools.combinations(range(10), k))
+        assert best <= covering_radius(f, chosen) <= 2 * best + 1e-9, (c, covering_radius(f, chosen), best)
+
+
+def test_k_center_rejects_bad_arguments():
+    f, y = np.zeros((4, 2)), np.array([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="per_class must be an int >= 1"):
+        syn.k_center_indices(f, y, per_class=0)
+    with pytest.raises(ValueError, match="fewer than per_class=3"):
+        syn.k_center_indices(f, y, per_class=3)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        syn.k_center_indices(f, y, per_class=1, num_classes=1)
+    with pytest.raises(ValueError, match="\\(N, D\\) features"):
+        syn.k_center_indices(f[:3], y, per_class=1)
+    with pytest.raises(ValueError, match="labels must be integers"):
+        syn.k_center_indices(f, y.astype(float), per_class=1)
+    with pytest.raises(ValueError, match="class 2 has 0 examples"):
+        syn.k_center_indices(f, y, per_class=1, num_classes=3)
+
 # ---------------------------------------------------------------------------
 # The evaluation protocol
-
 
 def test_evaluation_protocol_is_reproducible_for_a_seed():
     x, y = toy_data(n_per_class=6)
@@ -200,9 +104,9 @@ def test_evaluation_protocol_is_reproducible_for_a_seed():
     assert not np.allclose(probs_a, evaluator.model.predict(xt, verbose=0))
 
 
+
 # ---------------------------------------------------------------------------
 # Multi-positive contrastive loss
-
 
 def direct_multi_positive(z, groups, tau):
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
@@ -219,12 +123,14 @@ def direct_multi_positive(z, groups, tau):
     return total / anchors
 
 
+
 def test_multi_positive_loss_equals_direct_computation():
     rng = np.random.default_rng(5)
     z = rng.normal(size=(9, 4)).astype("float32")
     groups = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3])  # group 3 has no positive: not an anchor
     got = float(syn.multi_positive_contrastive_loss(z, groups, temperature=0.5))
     assert got == pytest.approx(direct_multi_positive(z.astype("float64"), groups, 0.5), rel=1e-4)
+
 
 
 def test_multi_positive_loss_reduces_to_infonce_with_one_positive():
@@ -243,6 +149,7 @@ def test_multi_positive_loss_reduces_to_infonce_with_one_positive():
     assert got == pytest.approx(np.mean(nt_xent), rel=1e-4)
 
 
+
 def test_contrastive_encoder_trains_and_round_trips(tmp_path):
     x, y = toy_data(n_per_class=8)
     model = syn.ContrastiveEncoder(SHAPE, width=4, depth=2, projection_dim=8, temperature=0.5)
@@ -257,6 +164,7 @@ def test_contrastive_encoder_trains_and_round_trips(tmp_path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
+
 def test_linear_probe_separates_separable_features():
     rng = np.random.default_rng(7)
     y = rng.integers(0, 3, 300)
@@ -264,49 +172,9 @@ def test_linear_probe_separates_separable_features():
     assert syn.linear_probe(f[:200], y[:200], f[200:], y[200:], epochs=15, learning_rate=0.1) > 0.9
 
 
-# ---------------------------------------------------------------------------
-# Bad arguments
-
-
-def test_bad_arguments_give_clear_errors():
-    with pytest.raises(ValueError, match="images_per_class must be an int >= 1, got 0"):
-        syn.SyntheticSet(SHAPE, num_classes=3, images_per_class=0)
-    with pytest.raises(ValueError, match="image_shape"):
-        syn.SyntheticSet((8, 8), num_classes=3)
-    with pytest.raises(ValueError, match="image_shape"):
-        syn.SyntheticSet((8, 8.5, 1), num_classes=3)  # was truncated to (8, 8, 1)
-    x, y = toy_data(n_per_class=2)
-    with pytest.raises(ValueError, match="fewer than images_per_class"):
-        syn.SyntheticSet(SHAPE, num_classes=3, images_per_class=3).initialize_from(x, y)
-    with pytest.raises(ValueError, match="labels must lie in"):
-        syn.SyntheticSet(SHAPE, num_classes=2).initialize_from(x, y)
-    with pytest.raises(ValueError, match="6 images but 5 labels"):
-        syn.SyntheticSet(SHAPE, num_classes=3).initialize_from(x, y[:5])
-    synthetic = syn.SyntheticSet(SHAPE, num_classes=3)
-    with pytest.raises(ValueError, match="iterations must be an int >= 1"):
-        syn.distill_distribution_matching(synthetic, x, y, iterations=0)
-    with pytest.raises(ValueError, match="real_per_class"):
-        syn.distill_gradient_matching(synthetic, x, y, iterations=1, real_per_class=0)
-    with pytest.raises(ValueError, match="2\\*\\*depth"):
-        syn.build_convnet((4, 4, 1), depth=3)
-    with pytest.raises(ValueError, match="temperature must be in \\(0, inf\\)"):
-        syn.multi_positive_contrastive_loss(np.ones((2, 2), "float32"), np.zeros(2), temperature=0.0)
-    with pytest.raises(ValueError, match="temperature must be a number"):
-        syn.ContrastiveEncoder(SHAPE, width=4, depth=2, temperature=True)  # was taken as 1.0
-    evaluator = syn.ClassifierEvaluator(x, y, num_classes=3, width=4, depth=2, steps=2)
-    with pytest.raises(ValueError, match="empty"):
-        evaluator.accuracy(x[:0], y[:0])
-    with pytest.raises(ValueError, match="at least one seed"):
-        evaluator.evaluate(x, y, seeds=())
-    with pytest.raises(ValueError, match="needs \\(images, groups\\)"):
-        model = syn.ContrastiveEncoder(SHAPE, width=4, depth=2)
-        model.build()
-        model.compute_loss(x, None)
-
 
 # ---------------------------------------------------------------------------
 # Augmentations
-
 
 def test_augment_keeps_shape_and_range_and_is_seeded():
     x, _ = toy_data()
@@ -319,6 +187,7 @@ def test_augment_keeps_shape_and_range_and_is_seeded():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     np.testing.assert_array_equal(ops.convert_to_numpy(aug(x, training=False)), x)
+
 
 
 def test_augment_shift_and_flip_move_pixels_as_stated():
@@ -336,6 +205,7 @@ def test_augment_shift_and_flip_move_pixels_as_stated():
     assert 0.1 < np.std(noisy - img) < 1.0
 
 
+
 def test_paired_views_and_grouped_order():
     x, _ = toy_data()
     views, groups = syn.paired_views(x, seed=0)
@@ -346,6 +216,7 @@ def test_paired_views_and_grouped_order():
     order = syn.grouped_order(g, 3, seed=1)
     assert sorted(order) == list(range(15))
     assert all(len(set(g[order][i:i + 3])) == 1 for i in range(0, 15, 3))
+
 
 
 def test_contrastive_encoder_with_augmentation_round_trips(tmp_path):
@@ -364,113 +235,29 @@ def test_contrastive_encoder_with_augmentation_round_trips(tmp_path):
     np.testing.assert_allclose(back.encode(x), enc.encode(x), atol=1e-5)
 
 
-# ---------------------------------------------------------------------------
-# Performance matching: KIP
-
-
-def test_kernel_ridge_and_kip_loss_equal_scikit_learn():
-    from sklearn.kernel_ridge import KernelRidge
-
-    rng = np.random.default_rng(0)
-    f_s, f_t = rng.normal(size=(6, 5)).astype("float32"), rng.normal(size=(9, 5)).astype("float32")
-    y_s = syn.centred_one_hot([0, 1, 2, 0, 1, 2], 3)
-    y_t = syn.centred_one_hot(rng.integers(0, 3, 9), 3)
-    k_ss, k_ts = f_s @ f_s.T / 5, f_t @ f_s.T / 5
-    reg = 0.1
-    ridge = KernelRidge(alpha=reg * np.trace(k_ss) / 6, kernel="precomputed").fit(k_ss.astype("float64"), y_s)
-    expected = ridge.predict(k_ts.astype("float64"))
-    got = ops.convert_to_numpy(syn.kernel_ridge_predict(k_ts, k_ss, y_s, reg))
-    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
-    loss = float(ops.convert_to_numpy(syn.kip_loss(f_t, y_t, f_s, y_s, reg)))
-    assert loss == pytest.approx(0.5 * np.mean(np.sum((expected - y_t) ** 2, axis=1)), rel=1e-3)
-
-
-def test_kip_loss_is_zero_when_the_support_is_the_target_without_regularisation():
-    rng = np.random.default_rng(1)
-    f = rng.normal(size=(4, 10)).astype("float32")  # 4 points in 10 dims: K is invertible
-    y = syn.centred_one_hot([0, 1, 0, 1], 2)
-    assert float(ops.convert_to_numpy(syn.kip_loss(f, y, f, y, 0.0))) == pytest.approx(0.0, abs=1e-4)
-
-
-def test_kip_distillation_lowers_its_loss_and_changes_images():
-    x, y = toy_data(n_per_class=8)
-    s = syn.SyntheticSet(SHAPE, 3, 1, seed=0).initialize_from(x, y, seed=0)
-    start = s.numpy()[0].copy()
-    net = syn.build_convnet(SHAPE, 3, width=4, depth=2)
-    h = syn.distill_kip(s, x, y, iterations=25, real_per_class=8, learning_rate=0.05, convnet=net, progress=False,
-                        redraw_network=False)
-    assert h["loss"][-1] < h["loss"][0]
-    assert not np.allclose(s.numpy()[0], start)
-
 
 # ---------------------------------------------------------------------------
-# Parameter matching over many steps: MTT
+# Bad arguments
 
-
-def test_trajectory_matching_loss_is_normalised():
-    rng = np.random.default_rng(0)
-    start, target = rng.normal(size=7).astype("float32"), rng.normal(size=7).astype("float32")
-    assert float(syn.trajectory_matching_loss(target, start, target)) == pytest.approx(0.0, abs=1e-7)
-    assert float(syn.trajectory_matching_loss(start, start, target)) == pytest.approx(1.0, rel=1e-6)
-    mid = 0.5 * (start + target)
-    assert float(syn.trajectory_matching_loss(mid, start, target)) == pytest.approx(0.25, rel=1e-5)
-
-
-def test_student_trajectory_equals_plain_sgd_and_matching_its_end_gives_zero():
-    x, y = toy_data()
-    net = syn.build_convnet(SHAPE, 3, width=4, depth=2)
-    syn.reinitialize(net, 0)
-    start = syn.flat_weights(net)
-    end = ops.convert_to_numpy(syn.student_trajectory(net, ops.convert_to_tensor(start), x, y, 0.1, steps=3))
-    weights = net.trainable_variables
-    for _ in range(3):  # the same three steps, by the ordinary gradient
-        _, _, grads = _util.value_and_grad(lambda: ops.mean(keras.losses.sparse_categorical_crossentropy(
-            y, net(x, training=True), from_logits=True)), weights)
-        for w, g in zip(weights, grads):
-            w.assign(w - 0.1 * g)
-    np.testing.assert_allclose(end, syn.flat_weights(net), atol=1e-4)
-    # The student reaches the expert's target exactly when the target is where it ends: loss 0.
-    assert float(syn.trajectory_matching_loss(end, start, end)) == pytest.approx(0.0, abs=1e-7)
-
-
-def test_trajectory_matching_gradient_reaches_images_and_learning_rate():
-    x, y = toy_data()
-    net = syn.build_convnet(SHAPE, 3, width=4, depth=2)
-    traj = syn.expert_trajectory(net, x, y, checkpoints=2, steps_per_checkpoint=3, learning_rate=0.1,
-                                 batch_size=6, seed=0)
-    assert traj.shape == (3, len(syn.flat_weights(net)))
-    assert not np.allclose(traj[0], traj[1])
-    images = keras.Variable(x[[0, 4, 8]])
-    log_lr = keras.Variable(np.log(0.05).astype("float32"))
-    labels = np.array([0, 1, 2], "int32")
-    start, target = ops.convert_to_tensor(traj[0]), ops.convert_to_tensor(traj[1])
-
-    def loss_fn():
-        end = syn.student_trajectory(net, start, images.value, labels, ops.exp(log_lr.value), steps=2)
-        return syn.trajectory_matching_loss(end, start, target)
-
-    _, _, (g_images, g_lr) = _util.value_and_grad(loss_fn, [images, log_lr])
-    assert np.abs(ops.convert_to_numpy(g_images)).max() > 0
-    assert np.isfinite(ops.convert_to_numpy(g_lr)) and abs(float(ops.convert_to_numpy(g_lr))) > 0
-
-
-def test_trajectory_matching_distillation_lowers_its_loss():
-    x, y = toy_data(n_per_class=8)
-    net = syn.build_convnet(SHAPE, 3, width=4, depth=2)
-    traj = syn.expert_trajectory(net, x, y, checkpoints=2, steps_per_checkpoint=5, learning_rate=0.1,
-                                 batch_size=12, seed=0)
-    s = syn.SyntheticSet(SHAPE, 3, 1, seed=0).initialize_from(x, y, seed=0)
-    h = syn.distill_trajectory_matching(s, [traj], iterations=15, student_steps=3, expert_segments=1, max_start=0,
-                                        learning_rate=0.05, lr_learning_rate=0.05, initial_student_lr=0.05,
-                                        convnet=net, progress=False)
-    assert h["loss"][-1] < h["loss"][0]
-    assert h["student_lr"][-1] != pytest.approx(0.05)
-
-
-def test_new_blocks_reject_bad_arguments():
-    x, y = toy_data()
-    net = syn.build_convnet(SHAPE, 3, width=4, depth=2)
-    s = syn.SyntheticSet(SHAPE, 3, 1)
+def test_bad_arguments_give_clear_errors():
+    x, y = toy_data(n_per_class=2)
+    with pytest.raises(ValueError, match="2\\*\\*depth"):
+        syn.build_convnet((4, 4, 1), depth=3)
+    with pytest.raises(ValueError, match="temperature must be in \\(0, inf\\)"):
+        syn.multi_positive_contrastive_loss(np.ones((2, 2), "float32"), np.zeros(2), temperature=0.0)
+    with pytest.raises(ValueError, match="temperature must be a number"):
+        syn.ContrastiveEncoder(SHAPE, width=4, depth=2, temperature=True)  # was taken as 1.0
+    evaluator = syn.ClassifierEvaluator(x, y, num_classes=3, width=4, depth=2, steps=2)
+    with pytest.raises(ValueError, match="empty"):
+        evaluator.accuracy(x[:0], y[:0])
+    with pytest.raises(ValueError, match="at least one seed"):
+        evaluator.evaluate(x, y, seeds=())
+    with pytest.raises(ValueError, match="6 images but 5 labels"):
+        evaluator.accuracy(x, y[:5])
+    with pytest.raises(ValueError, match="needs \\(images, groups\\)"):
+        model = syn.ContrastiveEncoder(SHAPE, width=4, depth=2)
+        model.build()
+        model.compute_loss(x, None)
     with pytest.raises(ValueError, match="max_shift"):
         syn.Augment(max_shift=-1)
     with pytest.raises(ValueError, match="flip"):
@@ -481,19 +268,3 @@ def test_new_blocks_reject_bad_arguments():
         syn.ContrastiveEncoder(SHAPE, augmentation="flip")
     with pytest.raises(ValueError, match="group_size"):
         syn.grouped_order([0, 0, 1], 2)
-    with pytest.raises(ValueError, match="regularization"):
-        syn.kernel_ridge_predict(np.eye(2, dtype="float32"), np.eye(2, dtype="float32"),
-                                 np.eye(2, dtype="float32"), -1.0)
-    with pytest.raises(ValueError, match="learning_rate"):
-        syn.distill_kip(s, x, y, iterations=1, learning_rate=-1.0, convnet=net)
-    with pytest.raises(ValueError, match="trajectory"):
-        syn.distill_trajectory_matching(s, [], convnet=net)
-    with pytest.raises(ValueError, match="checkpoints"):
-        syn.distill_trajectory_matching(s, [np.zeros((2, 5), "float32")], convnet=net)
-    traj = np.zeros((2, len(syn.flat_weights(net))), "float32")
-    with pytest.raises(ValueError, match="expert_segments"):
-        syn.distill_trajectory_matching(s, [traj], expert_segments=2, convnet=net)
-    with pytest.raises(ValueError, match="student_steps"):
-        syn.distill_trajectory_matching(s, [traj], student_steps=0, expert_segments=1, convnet=net)
-    with pytest.raises(ValueError, match="checkpoints"):
-        syn.expert_trajectory(net, x, y, checkpoints=0)
