@@ -62,6 +62,12 @@ def velocity_target(x0, noise):
     return ops.convert_to_tensor(noise, "float32") - ops.convert_to_tensor(x0, "float32")
 
 
+def velocity_loss(y_pred):
+    """The flow-matching loss from a model's ``(v_pred, target)`` pair: ``mean((v_pred - (eps - x0))^2)``."""
+    v_pred, v = y_pred
+    return ops.mean(ops.square(v_pred - v))
+
+
 def sample_time(batch, method: str = "uniform", seed=None, mean: float = 0.0, std: float = 1.0):
     """Training times in (0, 1), shape (batch,).
 
@@ -275,8 +281,7 @@ class FlowMatchingModel(EMATraining, _util.TrainStepModel):
             x, y_pred = (x, y), None
         if y_pred is None:
             y_pred = self(x, training=training)
-        v_pred, v = y_pred
-        loss = ops.mean(ops.square(v_pred - v))
+        loss = velocity_loss(y_pred)
         self.loss_tracker.update_state(loss)
         return loss
 

@@ -28,7 +28,7 @@ from keras import ops
 
 from genlib import _util
 from genlib._util import positive_int
-from genlib.flow_matching import SOLVERS, interpolate, ode_sample, sample_time, velocity_target
+from genlib.flow_matching import SOLVERS, interpolate, ode_sample, sample_time, velocity_loss, velocity_target
 from genlib.multimodal import l2_normalize
 
 
@@ -37,6 +37,17 @@ def _check_vectors(name, x, dim):
     if x.ndim != 2 or x.shape[1] != dim:
         raise ValueError(f"{name} must be (n, {dim}) embedding vectors, got shape {x.shape}.")
     return x
+
+
+def _check_conditions(conditions, n, dim):
+    # generate's conditions: (n, D) text embeddings, one per sample; n may be left out.
+    if conditions is None:
+        raise ValueError("generate needs conditions=(n, D) text embeddings: a prior samples given a caption.")
+    conditions = _check_vectors("conditions", conditions, dim)
+    n = len(conditions) if n is None else positive_int("n", n)
+    if len(conditions) != n:
+        raise ValueError(f"need n={n} conditions, got {len(conditions)}.")
+    return conditions, n
 
 
 @keras.saving.register_keras_serializable(package="genlib")
@@ -145,8 +156,7 @@ class FlowPrior(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if y_pred is None:
             y_pred = self(x, training=training)
-        v_pred, v = y_pred
-        loss = ops.mean(ops.square(v_pred - v))
+        loss = velocity_loss(y_pred)  # the loss of genlib.flow_matching, on embedding vectors
         self.loss_tracker.update_state(loss)
         return loss
 
@@ -171,12 +181,7 @@ class FlowPrior(keras.Model):
             steps, solver: the ODE solver (``genlib.flow_matching.ode_sample``).
             guidance: classifier-free guidance weight w (0: ignore the text, 1: conditional).
         """
-        if conditions is None:
-            raise ValueError("generate needs conditions=(n, D) text embeddings: the prior samples given a caption.")
-        conditions = _check_vectors("conditions", conditions, self.embed_dim)
-        n = len(conditions) if n is None else positive_int("n", n)
-        if len(conditions) != n:
-            raise ValueError(f"need n={n} conditions, got {len(conditions)}.")
+        conditions, n = _check_conditions(conditions, n, self.embed_dim)
         batch_size, steps = positive_int("batch_size", batch_size), positive_int("steps", steps)
         guidance = _util.number("guidance", guidance, low=0.0)
         _util.choice("solver", solver, SOLVERS)
@@ -245,12 +250,7 @@ class RegressionPrior(keras.Model):
     def generate(self, n: int | None = None, *, seed=None, batch_size: int = 1000, progress=None,
                  conditions=None) -> np.ndarray:
         """The image embedding for each text embedding, (n, D) unit vectors; deterministic (``seed`` is unused)."""
-        if conditions is None:
-            raise ValueError("generate needs conditions=(n, D) text embeddings.")
-        conditions = _check_vectors("conditions", conditions, self.embed_dim)
-        n = len(conditions) if n is None else positive_int("n", n)
-        if len(conditions) != n:
-            raise ValueError(f"need n={n} conditions, got {len(conditions)}.")
+        conditions, n = _check_conditions(conditions, n, self.embed_dim)
         batch_size = positive_int("batch_size", batch_size)
         if not self.built:
             self.build()
