@@ -72,6 +72,13 @@ def shape(name, value, rank=None):
     return tuple(positive_int(f"{name}[{i}]", v) for i, v in enumerate(out))
 
 
+def check_images(x, image_shape):
+    """Raise a clear error unless ``x`` is a batch of images of ``image_shape`` (H, W, C)."""
+    if tuple(x.shape[1:]) != tuple(image_shape):
+        raise ValueError(f"expected images of shape (batch, {', '.join(map(str, image_shape))}), "
+                         f"got {tuple(x.shape)}.")
+
+
 # ---------------------------------------------------------------------------
 # Compiling a step, and gradients, on every backend.
 

@@ -140,14 +140,9 @@ class LatentAutoencoder(keras.Model):
     def build(self, input_shape=None):
         self.built = True
 
-    def _check_images(self, x):
-        if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"expected images of shape (batch, {', '.join(map(str, self.image_shape))}), "
-                             f"got {tuple(x.shape)}.")
-
     def call(self, x, training=False):
         """Encode, sample z, decode: a dict of ``x_hat``, ``z``, ``z_mean``, ``z_log_var``."""
-        self._check_images(x)
+        _util.check_images(x, self.image_shape)
         z_mean, z_log_var = self.encoder(x, training=training)
         z = self.sampling([z_mean, z_log_var])
         return {"x_hat": self.decoder(z, training=training), "z": z, "z_mean": z_mean, "z_log_var": z_log_var}
@@ -168,7 +163,7 @@ class LatentAutoencoder(keras.Model):
     def encode(self, x, batch_size: int = 500) -> np.ndarray:
         """Posterior means z_mean (unscaled), NumPy (batch, h, w, c)."""
         x = np.asarray(x, "float32")
-        self._check_images(x)
+        _util.check_images(x, self.image_shape)
         batch_size = _util.positive_int("batch_size", batch_size)
         return np.concatenate([ops.convert_to_numpy(self.encoder(x[i: i + batch_size], training=False)[0])
                                for i in range(0, len(x), batch_size)])

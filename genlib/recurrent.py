@@ -24,8 +24,6 @@ Shapes: B batch, T sequence length, E embedding size, U units, V vocabulary size
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
@@ -33,7 +31,7 @@ from keras import ops
 from genlib import _util
 from genlib._util import positive_int
 from genlib.distributions import gumbel_noise
-from genlib.transformer import choose_tokens
+from genlib.transformer import NextTokenLoss, choose_tokens, prompt_ids
 
 DEFAULT_LENGTH = 256  # new tokens per sequence when ``generate`` is given no ``length``
 
@@ -63,7 +61,7 @@ def lstm_units_for(num_params, vocab_size, embed_dim=64, depth=1, multiple=8):
 
 
 @keras.saving.register_keras_serializable(package="genlib")
-class CharLSTM(keras.Model):
+class CharLSTM(NextTokenLoss, keras.Model):
     """A character-level LSTM language model: ids (B, T) -> next-token logits (B, T, V).
 
     Args:
@@ -89,8 +87,7 @@ class CharLSTM(keras.Model):
                       for i in range(self.depth)]
         self.between = keras.layers.Dropout(self.dropout)
         self.head = keras.layers.Dense(self.vocab_size, name="head")
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.bpc_tracker = keras.metrics.Mean(name="bits_per_char")
+        self._track_next_token_loss()
         self._compiled = {}
 
     def build(self, input_shape=(None, None)):
@@ -125,16 +122,6 @@ class CharLSTM(keras.Model):
             states.append([h, c])
         logits = self.head(x)
         return (logits, states) if return_state else logits
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        nll = ops.mean(keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=True))
-        self.loss_tracker.update_state(nll)
-        self.bpc_tracker.update_state(nll / math.log(2.0))
-        return nll
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.bpc_tracker]
 
     # -- one token at a time ----------------------------------------------------------------
 
@@ -176,19 +163,10 @@ class CharLSTM(keras.Model):
                  temperature: float = 1.0, top_k=None) -> np.ndarray:
         """Sample ``n`` sequences of token ids: each is the prompt followed by ``length`` new tokens.
 
-        The arguments and the result follow ``genlib.transformer.GPT.generate``:
-
-        Args:
-            n: number of sequences.
-            seed: int seed; the same seed gives the same tokens.
-            batch_size: sequences sampled side by side.
-            progress: show a progress bar over the tokens (None: except under the smoke profile).
-            prompt: ids (P,) every sequence starts from, or (n, P), one prompt each; None: the one
-                token 0 (for the book's character vocabulary, a line break).
-            length: new tokens per sequence; None: ``DEFAULT_LENGTH`` (256). Any length: the
-                recurrence has no maximum context.
-            temperature: >= 0; 1 samples the model's distribution, < 1 sharpens it, 0 is greedy.
-            top_k: sample only among the k most likely tokens (None: all).
+        The arguments and the result are those of ``genlib.transformer.GPT.generate`` (n, seed,
+        batch_size, progress, prompt, temperature, top_k), except that
+        ``length`` may be any number (None: ``DEFAULT_LENGTH``, 256): the recurrence has no maximum
+        context.
 
         The prompt is read in one pass; then each new token costs one ``step`` and the memory
         is the (h, c) states, constant in the number of tokens. The Gumbel noise of each step is
@@ -198,16 +176,7 @@ class CharLSTM(keras.Model):
         """
         n, batch_size = positive_int("n", n), positive_int("batch_size", batch_size)
         length = DEFAULT_LENGTH if length is None else positive_int("length", length)
-        prompt = np.zeros((1,), "int32") if prompt is None else np.asarray(prompt)
-        if prompt.size and not np.issubdtype(prompt.dtype, np.integer):
-            raise ValueError(f"prompt must hold integer token ids, got dtype {prompt.dtype}.")
-        prompt = prompt.astype("int32")
-        prompt = np.repeat(prompt[None], n, axis=0) if prompt.ndim == 1 else prompt
-        if prompt.ndim != 2 or len(prompt) != n or prompt.shape[1] < 1:
-            raise ValueError(f"prompt must be (P,) or (n={n}, P) ids with P >= 1, got shape {prompt.shape}.")
-        if prompt.min() < 0 or prompt.max() >= self.vocab_size:
-            raise ValueError(f"prompt ids must lie in [0, {self.vocab_size - 1}], "
-                             f"got [{prompt.min()}, {prompt.max()}].")
+        prompt = prompt_ids(prompt, n, self.vocab_size)
         temperature = _util.number("temperature", temperature, low=0.0)
         top_k = _util.optional_positive_int("top_k", top_k) or 0  # 0: keep every token
         if not self.built:

@@ -254,8 +254,31 @@ class TransformerBlock(keras.layers.Layer):
                 "dropout": self.dropout}
 
 
+class NextTokenLoss:
+    """The loss of a language model trained with ``fit(x, y)``, y = x shifted left by one: the mean
+    next-token cross-entropy in nats (``loss``), tracked also in bits (``bits_per_char``).
+
+    Mixed into ``GPT`` and ``recurrent.CharLSTM`` (before ``keras.Model``); the model calls
+    ``_track_next_token_loss()`` in its ``__init__``.
+    """
+
+    def _track_next_token_loss(self):
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.bpc_tracker = keras.metrics.Mean(name="bits_per_char")
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        nll = ops.mean(keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=True))
+        self.loss_tracker.update_state(nll)
+        self.bpc_tracker.update_state(nll / math.log(2.0))
+        return nll
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.bpc_tracker]
+
+
 @keras.saving.register_keras_serializable(package="genlib")
-class GPT(keras.Model):
+class GPT(NextTokenLoss, keras.Model):
     """A decoder-only transformer over token ids, trained to predict the next token.
 
     Args:
@@ -291,8 +314,7 @@ class GPT(keras.Model):
                        for i in range(self.depth)]
         self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5)
         self.head = keras.layers.Dense(vocab_size, name="head")
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.bpc_tracker = keras.metrics.Mean(name="bits_per_char")
+        self._track_next_token_loss()
         self._samplers = {}  # one per use_cache, so generate compiles its steps once
 
     def build(self, input_shape=(None, None)):
@@ -329,16 +351,6 @@ class GPT(keras.Model):
             maps.append(weights)
         logits = self.head(self.final_norm(x))
         return (logits, maps) if return_attention else logits
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        nll = ops.mean(keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=True))
-        self.loss_tracker.update_state(nll)
-        self.bpc_tracker.update_state(nll / math.log(2.0))
-        return nll
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.bpc_tracker]
 
     def attention_maps(self, ids):
         """Attention weights of every block for ``ids`` (B, T): a NumPy array (depth, B, H, T, T)."""
@@ -381,10 +393,7 @@ class GPT(keras.Model):
         """
         n, batch_size = positive_int("n", n), positive_int("batch_size", batch_size)
         length = self.max_length if length is None else positive_int("length", length)
-        prompt = np.zeros((1,), "int32") if prompt is None else np.asarray(prompt, "int32")
-        prompt = np.repeat(prompt[None], n, axis=0) if prompt.ndim == 1 else prompt
-        if prompt.ndim != 2 or len(prompt) != n:
-            raise ValueError(f"prompt must be (P,) or (n={n}, P) ids, got shape {prompt.shape}.")
+        prompt = prompt_ids(prompt, n, self.vocab_size)
         if not self.built:
             self.build((None, self.max_length))
         if use_cache not in self._samplers:
@@ -401,6 +410,24 @@ class GPT(keras.Model):
         return {**super().get_config(), "vocab_size": self.vocab_size, "max_length": self.max_length,
                 "width": self.width, "depth": self.depth, "num_heads": self.num_heads,
                 "mlp_ratio": self.mlp_ratio, "dropout": self.dropout}
+
+
+def prompt_ids(prompt, n, vocab_size):
+    """The prompt of ``generate`` as int32 ids (n, P), P >= 1, checked against the vocabulary.
+
+    ``prompt``: ids (P,) that every sequence starts from, (n, P) one prompt each, or None: the one
+    token 0. Shared by ``GPT.generate`` and ``recurrent.CharLSTM.generate``.
+    """
+    prompt = np.zeros((1,), "int32") if prompt is None else np.asarray(prompt)
+    if prompt.size and not np.issubdtype(prompt.dtype, np.integer):
+        raise ValueError(f"prompt must hold integer token ids, got dtype {prompt.dtype}.")
+    prompt = prompt.astype("int32")
+    prompt = np.repeat(prompt[None], n, axis=0) if prompt.ndim == 1 else prompt
+    if prompt.ndim != 2 or len(prompt) != n or prompt.shape[1] < 1:
+        raise ValueError(f"prompt must be (P,) or (n={n}, P) ids with P >= 1, got shape {prompt.shape}.")
+    if prompt.min() < 0 or prompt.max() >= vocab_size:
+        raise ValueError(f"prompt ids must lie in [0, {vocab_size - 1}], got [{prompt.min()}, {prompt.max()}].")
+    return prompt
 
 
 def choose_tokens(logits, noise, temperature, top_k):

@@ -319,11 +319,6 @@ class VAE(keras.Model):
     def build(self, input_shape=None):
         self.built = True
 
-    def _check_images(self, x):
-        if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"expected images of shape (batch, {', '.join(map(str, self.image_shape))}), "
-                             f"got {tuple(x.shape)}.")
-
     def log_sigma(self):
         """The decoder's per-pixel log sigma, floored at ``min_log_sigma``: shape (H, W, C)."""
         return ops.maximum(self.raw_log_sigma, self.min_log_sigma)
@@ -331,7 +326,7 @@ class VAE(keras.Model):
     def call(self, x, training=False):
         """Encode, sample z, decode. Returns a dict of (batch, ...) tensors:
         ``x_mean``, ``z``, ``z_mean``, ``z_log_var``."""
-        self._check_images(x)
+        _util.check_images(x, self.image_shape)
         z_mean, z_log_var = self.encoder(x, training=training)
         z = self.sampling([z_mean, z_log_var])
         return {"x_mean": self.decoder(z, training=training), "z": z, "z_mean": z_mean, "z_log_var": z_log_var}
@@ -361,7 +356,7 @@ class VAE(keras.Model):
 
     def encode(self, x):
         """(batch, H, W, C) -> (z_mean, z_log_var), each (batch, d)."""
-        self._check_images(x)
+        _util.check_images(x, self.image_shape)
         return self.encoder(x, training=False)
 
     def decode(self, z):

@@ -285,8 +285,7 @@ class VQVAE(keras.Model):
         self.built = True
 
     def _check_images(self, x):
-        if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"expected images (batch, {', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}.")
+        _util.check_images(x, self.image_shape)
 
     def call(self, x, training=False):
         self._check_images(x)

@@ -223,6 +223,13 @@ def test_bad_arguments(model):
         tr.CausalSelfAttention(2, dropout=1.5)
     with pytest.raises(ValueError, match="GPT"):
         tr.Sampler(keras.Sequential([keras.layers.Dense(2)]))
+    # generate's prompt: the checks it shares with recurrent.CharLSTM (tr.prompt_ids)
+    with pytest.raises(ValueError, match=r"prompt ids must lie in \[0, 10\]"):
+        model.generate(2, prompt=[1, VOCAB], length=2)
+    with pytest.raises(ValueError, match="integer token ids"):
+        model.generate(2, prompt=[0.5, 1.0], length=2)
+    with pytest.raises(ValueError, match="P >= 1"):
+        model.generate(2, prompt=np.zeros((2, 0), "int32"), length=2)
 
 
 # -- the conditioning hooks (memory slots and an embedding offset; chapter 13) ------------------
