@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
@@ -129,10 +130,47 @@ class _HistoryLog(keras.callbacks.Callback):
         return {k: [row[k] for row in rows if k in row] for k in keys}
 
 
-def fit_or_load(model: keras.Model, name: str, *fit_args, **fit_kwargs) -> dict:
-    """Train ``model`` with ``fit`` unless a finished checkpoint for ``name`` exists.
+def _describe(value):
+    # What of a fit argument decides the trained weights, in JSON: arrays by shape and dtype (not their
+    # contents: hashing a data set would cost more than loading a checkpoint saves), datasets by length.
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return ["array", [int(d) for d in value.shape], str(value.dtype)]
+    if isinstance(value, dict):
+        return {str(k): _describe(v) for k, v in sorted(value.items())}
+    if isinstance(value, (tuple, list)):
+        return [_describe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    try:
+        return [type(value).__name__, len(value)]
+    except TypeError:
+        return type(value).__name__
 
-    The checkpoint lives in ``$GENLIB_CACHE/checkpoints/{name}-{profile}.weights.h5``,
+
+def training_fingerprint(model: keras.Model, fit_args=(), fit_kwargs=None) -> str:
+    """Eight hex digits that change when the training run would: the model's parameter count, its
+    optimizer's settings, the shapes of the data and the fit arguments that set how long it trains.
+
+    ``fit_or_load`` puts it in the checkpoint's name, so a cached model trained on fewer images or
+    for fewer epochs is not loaded in place of the one the reader asked for.
+    """
+    fit_kwargs = fit_kwargs or {}
+    try:
+        optimizer = {k: v for k, v in model.optimizer.get_config().items() if k != "name"}
+    except (AttributeError, NotImplementedError):
+        optimizer = None
+    spec = {"params": int(model.count_params()), "optimizer": optimizer, "args": _describe(list(fit_args)),
+            **{k: _describe(fit_kwargs.get(k)) for k in ("x", "y", "epochs", "batch_size", "steps_per_epoch",
+                                                         "validation_split", "initial_epoch")}}
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def fit_or_load(model: keras.Model, name: str, *fit_args, **fit_kwargs) -> dict:
+    """Train ``model`` with ``fit`` unless a finished checkpoint for this run exists.
+
+    The checkpoint lives in ``$GENLIB_CACHE/checkpoints/{name}-{profile}-{fingerprint}.weights.h5``
+    (``training_fingerprint``: the parameter count, optimizer, data shapes, epochs, batch size),
     with the training history and training time beside it, so a reloaded model still has its
     curves. While training, a ``BackupAndRestore`` folder keeps the last finished epoch and a log
     keeps every finished epoch's metrics: an interrupted run resumes there instead of
@@ -172,7 +210,7 @@ def _fit_or_load(model, name, fit_args, fit_kwargs):
     if not isinstance(name, str) or not name or "/" in name or "\\" in name:
         raise ValueError(f"name must be a non-empty file name without slashes, got {name!r}.")
     # Suffixes are appended as text: Path.with_suffix would cut a name at its last dot ("lr0.3").
-    stem = f"{name}-{profiles.active()}"
+    stem = f"{name}-{profiles.active()}-{training_fingerprint(model, fit_args, fit_kwargs)}"
     folder = checkpoint_dir()
     weights, history_path = folder / f"{stem}.weights.h5", folder / f"{stem}.history.json"
     seconds_path = folder / f"{stem}.seconds.json"

@@ -64,6 +64,28 @@ def test_fit_or_load_keeps_dots_in_names_apart(tmp_path, monkeypatch):
         training.fit_or_load(small_model(), "a/b", x, y, epochs=1, verbose=0)
 
 
+def test_fit_or_load_retrains_when_the_run_changes(tmp_path, monkeypatch):
+    # Before: the checkpoint was named by the chapter alone, so raising a profile's epochs or
+    # training images reloaded the smaller run's weights (a whole-book cpu build did, silently).
+    monkeypatch.setenv("GENLIB_CACHE", str(tmp_path))
+    x, y = np.zeros((16, 3), "float32"), np.zeros((16, 1), "float32")
+    runs = [dict(epochs=1), dict(epochs=2), dict(epochs=1, batch_size=4)]
+    for kwargs in runs:
+        training.fit_or_load(small_model(), "run", x, y, verbose=0, **kwargs)
+    training.fit_or_load(small_model(), "run", x[:8], y[:8], epochs=1, verbose=0)  # fewer images
+    wider = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+    wider.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    training.fit_or_load(wider, "run", x, y, epochs=1, verbose=0)  # another architecture
+    slower = small_model()
+    slower.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    training.fit_or_load(slower, "run", x, y, epochs=1, verbose=0)  # another learning rate
+    assert len(list((tmp_path / "checkpoints").glob("run-*.weights.h5"))) == 6
+    training.fit_or_load(small_model(), "run", x, y, epochs=2, verbose=0)  # the same run again: loaded
+    assert len(list((tmp_path / "checkpoints").glob("run-*.weights.h5"))) == 6
+    assert training.training_fingerprint(small_model(), (x, y), {"epochs": 2}) == \
+        training.training_fingerprint(small_model(), (x + 1, y), {"epochs": 2})  # shapes, not contents
+
+
 def test_fit_or_load_needs_a_built_model():
     model = keras.Sequential([keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="build"):
