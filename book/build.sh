@@ -16,6 +16,18 @@ python -m pip install -q -r requirements.txt -e .
 profile=$(python -c "from genlib import profiles; print(profiles.active())")
 mkdir -p _build
 sed "s|^  execute_notebooks: cache|  execute_notebooks: cache\n  cache: _build/.jupyter_cache/$profile|" _config.yml > "_build/_config_$profile.yml"
+# The cache keys a notebook by its own code, blind to genlib, whose source the pages print and whose
+# blocks they run: when genlib or the requirements change, every chapter re-executes (trained models
+# whose settings did not change still load from GENLIB_CACHE). No stamp beside a cache: its genlib is
+# unknown, so it goes too.
+stamp="_build/.jupyter_cache/$profile/genlib.sha256"
+genlib_hash=$(find genlib -name '*.py' | LC_ALL=C sort | xargs cat requirements.txt | sha256sum | cut -d' ' -f1)
+if [ -d "_build/.jupyter_cache/$profile" ] && [ "$(cat "$stamp" 2>/dev/null)" != "$genlib_hash" ]; then
+  echo "genlib changed since the last build: every chapter re-executes"
+  rm -rf "_build/.jupyter_cache/$profile"
+fi
+mkdir -p "_build/.jupyter_cache/$profile"
+echo "$genlib_hash" > "$stamp"
 # The comparison chapter reads every other chapter's results, which its code hash does not see: drop
 # its cached execution so that each build re-runs it (under a minute) on the registry as it is now.
 python - "_build/.jupyter_cache/$profile" <<'PY'

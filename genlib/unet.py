@@ -364,19 +364,26 @@ class UNet(keras.layers.Layer):
                              f"{tuple(context.shape)} and {tuple(mask.shape)}.")
         return ops.cast(context, "float32"), mask
 
-    def call(self, x, t, labels=None):
+    def conditioning(self, batch, t, labels=None):
+        """What every ResBlock reads besides its input: the embedding of t plus that of the label or
+        condition vector, and the context tokens and mask for cross-attention (None without text).
+        ``labels=None`` is the null condition: the null label, the zero vector, or no text."""
         emb = self.time_mlp[1](self.time_mlp[0](self.time_embedding(t)))
         if self.label_embedding is not None:
-            if labels is None:  # no label given: the null label, i.e. the unconditional model
-                labels = ops.full((ops.shape(x)[0],), self.num_classes, dtype="int32")
+            if labels is None:
+                labels = ops.full((batch,), self.num_classes, dtype="int32")
             emb = emb + self.label_embedding(ops.cast(labels, "int32"))
         elif self.condition_projection is not None:
-            if labels is None:  # no condition: the zero vector, the null condition
-                labels = ops.zeros((ops.shape(x)[0], self.condition_dim))
+            if labels is None:
+                labels = ops.zeros((batch, self.condition_dim))
             emb = emb + self.condition_projection(ops.cast(labels, "float32"))
         context = mask = None
-        if self.context_dim is not None and labels is not None:  # None: no text, every cross-attention is skipped
+        if self.context_dim is not None and labels is not None:  # no text: every cross-attention is skipped
             context, mask = self._context(labels)
+        return emb, context, mask
+
+    def call(self, x, t, labels=None):
+        emb, context, mask = self.conditioning(ops.shape(x)[0], t, labels)
 
         def res(layer, h):
             h = layer(h, emb)
