@@ -5,7 +5,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from genlib import plot, training
+from genlib import _util, plot, training
 
 matplotlib.use("Agg")
 
@@ -84,6 +84,49 @@ def test_fit_or_load_retrains_when_the_run_changes(tmp_path, monkeypatch):
     assert len(list((tmp_path / "checkpoints").glob("run-*.weights.h5"))) == 6
     assert training.training_fingerprint(small_model(), (x, y), {"epochs": 2}) == \
         training.training_fingerprint(small_model(), (x + 1, y), {"epochs": 2})  # shapes, not contents
+
+
+class HalfTrained(_util.TrainStepModel):
+    """Trains its first layer only (a subset of its variables, as a GAN or an EBM step does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = keras.layers.Dense(4), keras.layers.Dense(1)
+        self.steps_traced = 0
+        self.tracker = keras.metrics.Mean(name="loss")
+
+    @property
+    def metrics(self):
+        return [self.tracker]
+
+    def call(self, x):
+        return self.second(self.first(x))
+
+    def training_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        self.steps_traced += 1  # Python runs this once per trace (TF, JAX), once per step (torch)
+        variables = self.first.trainable_variables
+        loss, _, grads = _util.value_and_grad(lambda: keras.ops.mean((self(x) - y) ** 2), variables)
+        self.optimizer.apply(grads, variables)
+        self.tracker.update_state(loss)
+        return {"loss": self.tracker.result()}
+
+
+def test_fit_or_load_builds_the_optimizer_before_the_first_step(tmp_path, monkeypatch):
+    # Before: TensorFlow built Adam's slots inside the first traced step, and a tf.function that
+    # creates variables is traced twice; the first epoch of a small U-Net took 20 s instead of 10.
+    monkeypatch.setenv("GENLIB_CACHE", str(tmp_path))
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    model = HalfTrained()
+    model(x[:1])
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    second = [w.copy() for w in model.second.get_weights()]
+    hist = training.fit_or_load(model, "half", x, x[:, :1], epochs=2, batch_size=8, verbose=0)
+    assert model.optimizer.built and hist["loss"][-1] < hist["loss"][0]
+    for before, after in zip(second, model.second.get_weights()):
+        np.testing.assert_array_equal(before, after)  # built on every variable, applied to a subset
+    if keras.backend.backend() == "tensorflow":
+        assert model.steps_traced == 1, model.steps_traced
 
 
 def test_fit_or_load_needs_a_built_model():
