@@ -230,8 +230,8 @@ def _fit_or_load(model, name, fit_args, fit_kwargs):
     log = _HistoryLog(partial, partial_seconds)
     if model.optimizer is not None and not model.optimizer.built:
         # TensorFlow otherwise creates the optimizer's slots inside the first traced step, and a
-        # tf.function that creates variables is traced twice: building them here halves the first
-        # epoch (20 s -> 10 s for a small U-Net on 2 cores). JAX's fit builds them the same way.
+        # compiled function that creates variables is traced twice: building them here halves the
+        # first epoch (20 s -> 10 s for a small U-Net on 2 cores). JAX's fit builds them the same way.
         model.optimizer.build(model.trainable_variables)
     callbacks = list(fit_kwargs.pop("callbacks", []))
     callbacks += [keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True), log]

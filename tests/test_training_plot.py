@@ -113,8 +113,8 @@ class HalfTrained(_util.TrainStepModel):
 
 
 def test_fit_or_load_builds_the_optimizer_before_the_first_step(tmp_path, monkeypatch):
-    # Before: TensorFlow built Adam's slots inside the first traced step, and a tf.function that
-    # creates variables is traced twice; the first epoch of a small U-Net took 20 s instead of 10.
+    # Before: TensorFlow built Adam's slots inside the first traced step, and a compiled function
+    # that creates variables is traced twice; the first epoch of a small U-Net took 20 s, not 10.
     monkeypatch.setenv("GENLIB_CACHE", str(tmp_path))
     x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
     model = HalfTrained()
