@@ -25,6 +25,7 @@ genlib_hash=$(find genlib -name '*.py' | LC_ALL=C sort | xargs cat requirements.
 if [ -d "_build/.jupyter_cache/$profile" ] && [ "$(cat "$stamp" 2>/dev/null)" != "$genlib_hash" ]; then
   echo "genlib changed since the last build: every chapter re-executes"
   rm -rf "_build/.jupyter_cache/$profile"
+  rm -rf _build/.doctrees  # Sphinx re-reads only the sources it sees modified: make it read them all
 fi
 mkdir -p "_build/.jupyter_cache/$profile"
 echo "$genlib_hash" > "$stamp"
