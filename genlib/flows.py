@@ -86,6 +86,24 @@ def make_mask(shape, mask_type: str, parity: int) -> np.ndarray:
     return (checkerboard_mask if mask_type == "checkerboard" else channel_mask)(shape, parity)
 
 
+def _per_scale(name, value, num_scales):
+    """``value`` for every scale: a positive int (the same at each) or a sequence of ``num_scales`` of them.
+
+    Returns ``(stored, per_scale)``: ``stored`` is the int when every scale has the same value (as the
+    argument was most likely given), else a tuple; ``per_scale`` always a tuple of ``num_scales`` ints.
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        values = [value] * num_scales
+    elif isinstance(value, (list, tuple)):
+        values = list(value)
+    else:
+        raise ValueError(f"{name} must be a positive int or a list of {num_scales} (one per scale), got {value!r}.")
+    if len(values) != num_scales:
+        raise ValueError(f"{name} needs one value per scale ({num_scales}), got {len(values)}: {value!r}.")
+    per_scale = tuple(_util.positive_int(f"{name}[{i}]", v) for i, v in enumerate(values))
+    return (per_scale[0] if len(set(per_scale)) == 1 else per_scale), per_scale
+
+
 def _sum_event(t):
     """Sum over every axis but the batch: per-example totals, shape (batch,)."""
     return ops.sum(ops.reshape(t, (ops.shape(t)[0], -1)), axis=1)
@@ -350,12 +368,16 @@ class RealNVP(keras.Model):
     channels factored out to the latent (they skip the rest of the flow). H and W must be divisible
     by 2^(num_scales - 1).
 
+    ``couplings_per_scale``, ``hidden`` and ``num_hidden`` take one int for every scale or a list with
+    one per scale, finest first. Capacity is cheapest at the coarsest scale (a quarter of the
+    positions of the one before), and only there can a few 3×3 convolutions see the whole image.
+
     Args:
         event_shape: (D,) or (H, W, C).
         num_scales: scales of the multi-scale architecture (images).
-        couplings_per_scale: couplings in each group (vectors: in total).
-        hidden: width of every coupling network (units or filters).
-        num_hidden: hidden layers of every coupling network.
+        couplings_per_scale: couplings in each group (vectors: in total); an int or one per scale.
+        hidden: width of the coupling networks (units or filters); an int or one per scale.
+        num_hidden: hidden layers of the coupling networks; an int or one per scale.
         levels: intensity levels of integer images.
         alpha: margin of the logit transform.
         seed: seed of the dequantisation noise.
@@ -370,7 +392,6 @@ class RealNVP(keras.Model):
         super().__init__(**kwargs)
         self.event_shape = _event_shape(event_shape, "RealNVP")
         num_scales = _util.positive_int("num_scales", num_scales)
-        couplings_per_scale = _util.positive_int("couplings_per_scale", couplings_per_scale)
         self.is_image = len(self.event_shape) == 3
         if not self.is_image and num_scales != 1:
             raise ValueError(f"a vector flow has one scale; got num_scales={num_scales}.")
@@ -379,16 +400,17 @@ class RealNVP(keras.Model):
             if self.event_shape[0] % factor or self.event_shape[1] % factor:
                 raise ValueError(f"{num_scales} scales squeeze {num_scales - 1} times: H and W must be divisible by "
                                  f"{factor}, got image shape {self.event_shape}.")
-        self.num_scales, self.couplings_per_scale = int(num_scales), int(couplings_per_scale)
-        self.hidden = _util.positive_int("hidden", hidden)
-        self.num_hidden = _util.positive_int("num_hidden", num_hidden)
+        self.num_scales = int(num_scales)
+        self.couplings_per_scale, couplings = _per_scale("couplings_per_scale", couplings_per_scale, self.num_scales)
+        self.hidden, widths = _per_scale("hidden", hidden, self.num_scales)
+        self.num_hidden, depths = _per_scale("num_hidden", num_hidden, self.num_scales)
         self.levels = _util.positive_int("levels", levels, 2)
         self.alpha, self.seed = _util.fraction("alpha", alpha, high=0.5), seed
         self.num_dims = int(np.prod(self.event_shape))
 
-        def group(mask_type, tag):
-            return [AffineCoupling(mask_type, i % 2, self.hidden, self.num_hidden, name=f"{tag}_{i}")
-                    for i in range(self.couplings_per_scale)]
+        def group(mask_type, tag, scale=0):
+            return [AffineCoupling(mask_type, i % 2, widths[scale], depths[scale], name=f"{tag}_{i}")
+                    for i in range(couplings[scale])]
 
         self.flow_layers, self.factor_after = [], []  # factor out after these layer indices
         if self.is_image:
@@ -396,9 +418,10 @@ class RealNVP(keras.Model):
             self.logit = LogitTransform(self.alpha, name="logit")
             self.normalize = ElementwiseAffine(name="normalize")
             for scale in range(self.num_scales):
-                self.flow_layers += group("checkerboard", f"s{scale}_checker")
+                self.flow_layers += group("checkerboard", f"s{scale}_checker", scale)
                 if scale < self.num_scales - 1:
-                    self.flow_layers += [Squeeze(name=f"s{scale}_squeeze")] + group("channel", f"s{scale}_channel")
+                    self.flow_layers.append(Squeeze(name=f"s{scale}_squeeze"))
+                    self.flow_layers += group("channel", f"s{scale}_channel", scale)
                     self.factor_after.append(len(self.flow_layers) - 1)
         else:
             self.flow_layers = group("checkerboard", "coupling")
@@ -576,5 +599,7 @@ class RealNVP(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "event_shape": self.event_shape, "num_scales": self.num_scales,
-                "couplings_per_scale": self.couplings_per_scale, "hidden": self.hidden,
-                "num_hidden": self.num_hidden, "levels": self.levels, "alpha": self.alpha, "seed": self.seed}
+                # Tuples as lists: the config is JSON, and a list is what the argument accepts back.
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in (
+                    ("couplings_per_scale", self.couplings_per_scale), ("hidden", self.hidden),
+                    ("num_hidden", self.num_hidden))}, "levels": self.levels, "alpha": self.alpha, "seed": self.seed}

@@ -247,15 +247,35 @@ def test_bad_arguments_raise_clear_errors():
         model.discrete_nll(np.full((1, 4, 4, 1), 256))
     with pytest.raises(ValueError, match="temperature"):
         model.generate(2, temperature=0.0)
-    for bad in ({"couplings_per_scale": True}, {"num_scales": True}, {"hidden": 0}, {"levels": 1}):
+    for bad in ({"couplings_per_scale": True}, {"num_scales": True}, {"hidden": 0}, {"levels": 1},
+                {"hidden": [4, 4, 4]}, {"num_hidden": [1, True]}, {"couplings_per_scale": "2"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
-            flows.RealNVP((4, 4, 1), **bad)
+            flows.RealNVP((4, 4, 1), **{"num_scales": 2, **bad})
+
+
+def test_per_scale_settings_build_each_scale_as_asked():
+    model = flows.RealNVP((8, 8, 1), num_scales=3, couplings_per_scale=[1, 2, 3], hidden=[4, 6, 8],
+                          num_hidden=[1, 1, 2])
+    model.build()
+    couplings = [layer for layer in model.flow_layers if isinstance(layer, flows.AffineCoupling)]
+    by_scale = {s: [c for c in couplings if c.name.startswith(f"s{s}_")] for s in range(3)}
+    # Scales 0 and 1 have a checkerboard and a channel group each; the last scale only a checkerboard group.
+    assert [len(by_scale[s]) for s in range(3)] == [2, 4, 3]
+    assert {(c.hidden, c.num_hidden) for c in by_scale[2]} == {(8, 2)}
+    assert {(c.hidden, c.num_hidden) for c in by_scale[0]} == {(4, 1)}
+    config = model.get_config()
+    assert config["hidden"] == [4, 6, 8] and config["couplings_per_scale"] == [1, 2, 3]
+    assert flows.RealNVP((8, 8, 1), num_scales=3, hidden=[5, 5, 5]).hidden == 5  # uniform lists read as one int
+    x = _images((8, 8, 1))
+    z, log_det = model.transform(x)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.inverse(z)[0]), x, atol=1e-5)
 
 
 @pytest.mark.parametrize("event_shape", [(4, 4, 1), (2,)])
 def test_keras_round_trip(tmp_path, event_shape):
-    model = flows.RealNVP(event_shape, num_scales=2 if len(event_shape) == 3 else 1, couplings_per_scale=2,
-                          hidden=6)
+    images = len(event_shape) == 3  # images also round-trip per-scale settings (lists in the config)
+    model = flows.RealNVP(event_shape, num_scales=2 if images else 1, couplings_per_scale=2,
+                          hidden=[6, 8] if images else 6, num_hidden=[1, 2] if images else 2)
     model.build()
     _randomise(model, scale=0.2)
     path = tmp_path / "flow.keras"
